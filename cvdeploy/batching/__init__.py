@@ -1,0 +1,7 @@
+"""Dynamic batching: many concurrent requests, one model call per batch."""
+
+from __future__ import annotations
+
+from cvdeploy.batching.batcher import BatchStats, DynamicBatcher
+
+__all__ = ["BatchStats", "DynamicBatcher"]

@@ -1,0 +1,121 @@
+"""The one exception tree of cvdeploy.
+
+Every error a user can meet derives from :class:`CVDeployError` and carries the HTTP status it
+maps to, so the servers need exactly one error handler::
+
+    CVDeployError (500)
+    ├── ConfigError (400)               bad config file, key, value or argument combination
+    ├── ModelLoadError (500)            model file missing, not ONNX, corrupt, unsupported layout
+    ├── NotAvailableError (501)         a feature that exists in the API but not yet in this build
+    ├── InputError (400)                the request is wrong; the client must change it
+    │   ├── InvalidImageError (400)     empty, truncated or non-image bytes
+    │   ├── InvalidParameterError (400) conf/iou/max_det/top_k out of bounds
+    │   ├── PayloadTooLargeError (413)  too many bytes, pixels or images
+    │   ├── UnsupportedMediaTypeError (415)
+    │   └── ModelNotFoundError (404)
+    ├── OverloadedError (503)           queue full; carries ``retry_after`` seconds
+    ├── DeadlineExceededError (504)     the request's deadline passed before it ran
+    └── InferenceError (500)            the model failed while running; details go to the log
+
+Messages are written for the person who has to fix the problem: they name the bad value and say
+what to do instead. They never contain a traceback or a server-side file path when they are
+sent over HTTP (the handler uses :meth:`CVDeployError.public_message`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CVDeployError",
+    "ConfigError",
+    "DeadlineExceededError",
+    "InferenceError",
+    "InputError",
+    "InvalidImageError",
+    "InvalidParameterError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "NotAvailableError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "UnsupportedMediaTypeError",
+]
+
+
+class CVDeployError(Exception):
+    """Root of every cvdeploy error; ``status_code`` is the HTTP status it maps to."""
+
+    status_code: int = 500
+    #: A stable machine-readable code, in the style of Databricks' ``error_code``.
+    error_code: str = "INTERNAL_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def public_message(self) -> str:
+        """The text that may leave the process in an HTTP response."""
+        return self.message
+
+
+class ConfigError(CVDeployError):
+    status_code = 400
+    error_code = "INVALID_PARAMETER_VALUE"
+
+
+class ModelLoadError(CVDeployError):
+    status_code = 500
+    error_code = "MODEL_LOAD_FAILED"
+
+
+class NotAvailableError(CVDeployError):
+    status_code = 501
+    error_code = "NOT_IMPLEMENTED"
+
+
+class InputError(CVDeployError):
+    status_code = 400
+    error_code = "BAD_REQUEST"
+
+
+class InvalidImageError(InputError):
+    error_code = "INVALID_IMAGE"
+
+
+class InvalidParameterError(InputError):
+    error_code = "INVALID_PARAMETER_VALUE"
+
+
+class PayloadTooLargeError(InputError):
+    status_code = 413
+    error_code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaTypeError(InputError):
+    status_code = 415
+    error_code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class ModelNotFoundError(InputError):
+    status_code = 404
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+
+class OverloadedError(CVDeployError):
+    status_code = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceededError(CVDeployError):
+    status_code = 504
+    error_code = "DEADLINE_EXCEEDED"
+
+
+class InferenceError(CVDeployError):
+    """The model raised while running. The cause is logged; the client sees only the summary."""
+
+    status_code = 500
+    error_code = "INTERNAL_ERROR"

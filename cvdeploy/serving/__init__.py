@@ -1,0 +1,1 @@
+"""The data plane: an ASGI app serving one model version over every protocol."""

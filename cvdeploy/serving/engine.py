@@ -1,0 +1,312 @@
+"""The inference engine behind every protocol: decode, batch, run, post-process, cache.
+
+Protocols (image upload, KServe v2, MLflow) only translate their wire format into calls of
+:meth:`InferenceEngine.predict_encoded`, :meth:`~InferenceEngine.predict_arrays` or
+:meth:`~InferenceEngine.predict_tensors`; everything that decides speed and safety lives here
+once: decoding in a thread pool, the dynamic batcher, the deadline, the result cache and the
+metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from cvdeploy.batching import DynamicBatcher
+from cvdeploy.errors import CVDeployError, OverloadedError, PayloadTooLargeError
+from cvdeploy.runtime import (
+    ImageLimits,
+    Model,
+    PredictParams,
+    Prepared,
+    Result,
+    decode_image,
+    default_intra_op_threads,
+    load_model,
+)
+from cvdeploy.serving.metrics import ServingMetrics
+from cvdeploy.serving.settings import ServeSettings
+
+__all__ = ["EngineStats", "InferenceEngine"]
+
+logger = logging.getLogger("cvdeploy.engine")
+
+
+class _Job(NamedTuple):
+    prepared: Prepared
+    params: PredictParams
+
+
+@dataclass
+class EngineStats:
+    """Request-level counters in nanoseconds, the shape Triton's statistics extension reports."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    decode_ns: int = 0
+    last_inference_ms: int = 0
+
+
+class _ResultCache:
+    """A bounded LRU of results keyed by image content hash and parameters."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[tuple[bytes, PredictParams], Result] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, key: tuple[bytes, PredictParams]) -> Result | None:
+        result = self._items.get(key)
+        if result is not None:
+            self._items.move_to_end(key)
+        return result
+
+    def put(self, key: tuple[bytes, PredictParams], result: Result) -> None:
+        self._items[key] = result
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+class InferenceEngine:
+    """One loaded model version with its batcher, decode pool, cache and metrics."""
+
+    def __init__(self, settings: ServeSettings, model: Model | None = None) -> None:
+        self.settings = settings
+        self.name = settings.model_name
+        self.version = settings.version
+        self.metrics = ServingMetrics(self.name, self.version)
+        self.stats = EngineStats()
+        self.image_limits = ImageLimits(
+            max_bytes=settings.limits.max_body_bytes,
+            max_pixels=settings.limits.max_image_pixels,
+        )
+        self._model = model
+        self._load_error: BaseException | None = None
+        self._ready = threading.Event()
+        if model is not None:
+            self._ready.set()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        self._decode_pool = ThreadPoolExecutor(
+            max(2, cores), thread_name_prefix=f"decode-{self.name}"
+        )
+        batching = settings.batching
+        self.batcher: DynamicBatcher[_Job, Result] = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=batching.max_batch_size if batching.enabled else 1,
+            max_queue_delay_ms=batching.max_queue_delay_ms if batching.enabled else 0.0,
+            max_queue_size=batching.max_queue_size,
+            observer=self.metrics.observe_batch,
+            name=self.name,
+        )
+        self._cache = _ResultCache(settings.cache_size) if settings.cache_size > 0 else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            if self._load_error is not None:
+                raise OverloadedError(f"model {self.name!r} failed to load; see the server log")
+            raise OverloadedError(f"model {self.name!r} is still loading", retry_after=1.0)
+        return self._model
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.batcher.running
+
+    @property
+    def load_error(self) -> BaseException | None:
+        return self._load_error
+
+    def load(self) -> Model:
+        """Load and warm the model (blocking); safe to call from a worker thread."""
+        if self._model is None:
+            s = self.settings
+            options: dict[str, Any] = dict(s.model_options)
+            options.setdefault(
+                "intra_op_threads", s.intra_op_threads or default_intra_op_threads(s.workers)
+            )
+            try:
+                model = load_model(s.model_path, s.task, name=self.name, **options)
+                batch = s.batching.max_batch_size if s.batching.enabled else 1
+                sizes = sorted({1, min(batch, model.max_batch_size or batch)})
+                model.warmup(sizes)
+            except BaseException as exc:
+                self._load_error = exc
+                raise
+            self._model = model
+        self._ready.set()
+        return self._model
+
+    async def start(self, load_in_background: bool = True) -> None:
+        """Start the batcher, then load the model (in the background by default).
+
+        Loading in the background lets liveness answer at once while readiness stays false
+        until the model is warm, which is what Kubernetes-style probes expect.
+        """
+        await self.batcher.start()
+        if self._model is not None:
+            return
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._decode_pool, self.load)
+        if not load_in_background:
+            await future
+            return
+
+        def _log_failure(done: asyncio.Future[Model]) -> None:
+            exc = done.exception()
+            if exc is not None:
+                logger.error("loading model %r failed: %s", self.name, exc)
+
+        future.add_done_callback(_log_failure)
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        await self.batcher.stop(drain_timeout)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- prediction --------------------------------------------------------------------------
+
+    def params(self, overrides: dict[str, object] | None = None) -> PredictParams:
+        defaults = self.model.default_params
+        return defaults.merged(overrides) if overrides else defaults
+
+    def check_count(self, count: int) -> None:
+        limit = self.settings.limits.max_images_per_request
+        if count > limit:
+            raise PayloadTooLargeError(
+                f"{count} images in one request; the limit is {limit} "
+                "(split the request, or raise limits.max_images_per_request)"
+            )
+
+    async def predict_encoded(
+        self, images: Sequence[bytes], params: PredictParams | None = None
+    ) -> list[Result]:
+        """Predict encoded images (JPEG, PNG, ...), one result per image, in order."""
+        self.check_count(len(images))
+        params = params or self.model.default_params
+        return await self._timed(self._encoded(images, params))
+
+    async def predict_arrays(
+        self, images: Sequence[np.ndarray], params: PredictParams | None = None
+    ) -> list[Result]:
+        """Predict decoded HWC uint8 RGB images."""
+        self.check_count(len(images))
+        params = params or self.model.default_params
+        model = self.model
+        return await self._timed(
+            self._prepared_jobs([(lambda img=img: model.preprocess(img)) for img in images], params)
+        )
+
+    async def predict_tensors(
+        self, tensors: Sequence[np.ndarray], params: PredictParams | None = None
+    ) -> list[Result]:
+        """Predict already-preprocessed model inputs (one CHW tensor per image)."""
+        self.check_count(len(tensors))
+        params = params or self.model.default_params
+        model = self.model
+        prepared = [model.prepare_tensor(t) for t in tensors]
+        return await self._timed(self._submit_all(prepared, params, self._deadline()))
+
+    async def _timed(self, work: Any) -> list[Result]:
+        started = time.perf_counter_ns()
+        try:
+            results: list[Result] = await work
+        except BaseException:
+            self.stats.fail_count += 1
+            self.stats.fail_ns += time.perf_counter_ns() - started
+            raise
+        self.stats.success_count += 1
+        self.stats.success_ns += time.perf_counter_ns() - started
+        self.stats.last_inference_ms = time.time_ns() // 1_000_000
+        return results
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.settings.timeout
+
+    async def _encoded(self, images: Sequence[bytes], params: PredictParams) -> list[Result]:
+        deadline = self._deadline()
+        if self._cache is None:
+            model = self.model
+            limits = self.image_limits
+            prepare = [
+                (lambda data=data: model.preprocess(decode_image(data, limits))) for data in images
+            ]
+            return await self._prepared_jobs(prepare, params, deadline)
+        return await self._encoded_cached(self._cache, images, params, deadline)
+
+    async def _encoded_cached(
+        self,
+        cache: _ResultCache,
+        images: Sequence[bytes],
+        params: PredictParams,
+        deadline: float,
+    ) -> list[Result]:
+        keys = [(hashlib.sha256(data).digest(), params) for data in images]
+        results: list[Result | None] = [cache.get(k) for k in keys]
+        missing = [i for i, r in enumerate(results) if r is None]
+        for result in results:
+            self.metrics.observe_cache(result is not None)
+        if missing:
+            model = self.model
+            limits = self.image_limits
+            prepare = [
+                (lambda data=images[i]: model.preprocess(decode_image(data, limits)))
+                for i in missing
+            ]
+            fresh = await self._prepared_jobs(prepare, params, deadline)
+            for i, result in zip(missing, fresh, strict=True):
+                results[i] = result
+                cache.put(keys[i], result)
+        return [r for r in results if r is not None]
+
+    async def _prepared_jobs(
+        self, prepare: Sequence[Any], params: PredictParams, deadline: float | None = None
+    ) -> list[Result]:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter_ns()
+        prepared: list[Prepared] = list(
+            await asyncio.gather(*(loop.run_in_executor(self._decode_pool, p) for p in prepare))
+        )
+        self.stats.decode_ns += time.perf_counter_ns() - started
+        return await self._submit_all(prepared, params, deadline or self._deadline())
+
+    async def _submit_all(
+        self, prepared: Sequence[Prepared], params: PredictParams, deadline: float
+    ) -> list[Result]:
+        remaining = max(0.0, deadline - time.monotonic())
+        self.metrics.depth.set(self.batcher.queue_size)
+        jobs = [self.batcher.submit(_Job(p, params), remaining) for p in prepared]
+        if len(jobs) == 1:
+            return [await jobs[0]]
+        gathered = await asyncio.gather(*jobs, return_exceptions=True)
+        errors = [r for r in gathered if isinstance(r, BaseException)]
+        if errors:
+            # Prefer the most informative error: a client error over a server one.
+            errors.sort(key=lambda e: 0 if isinstance(e, CVDeployError) else 1)
+            raise errors[0]
+        return list(gathered)  # type: ignore[arg-type]
+
+    def _run_batch(self, jobs: list[_Job]) -> list[Result]:
+        """Runs in the batcher's inference thread: stack, run once, post-process each item."""
+        model = self.model
+        batch = np.stack([job.prepared.tensor for job in jobs])
+        outputs = model.infer(batch)
+        return [
+            model.postprocess(outputs, index, job.prepared.meta, job.params)
+            for index, job in enumerate(jobs)
+        ]

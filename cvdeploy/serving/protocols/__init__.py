@@ -1,0 +1,1 @@
+"""One module per wire protocol; each turns requests into InferenceEngine calls."""
