@@ -22,6 +22,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from cvdeploy.config import BatchingConfig, LimitsConfig, ScalingConfig, validate_section
 from cvdeploy.errors import ConfigError, InputError, ModelLoadError, NotAvailableError
 from cvdeploy.runtime import (
     ImageLimits,
@@ -113,7 +114,10 @@ class ModelServer:
         self.host = host
         self.port = port
         self.workers = workers
-        self.scaling = dict(scaling or {})
+        # The same validation (and messages) as the config file's sections.
+        batching = validate_section(BatchingConfig, batching, name="batching").model_dump()
+        limits = validate_section(LimitsConfig, limits, name="limits").model_dump()
+        self.scaling = validate_section(ScalingConfig, scaling, name="scaling").model_dump()
         self.workspace_url = workspace_url
         self.model_version = model_version
         server_options = {k: options.pop(k) for k in _SERVER_OPTIONS if k in options}

@@ -1,0 +1,113 @@
+"""The monitoring section: what ``ModelMonitor`` collects and when it alerts (both seeds' keys).
+
+Units follow DESIGN: latency in milliseconds (p95 over the window), cpu and memory in percent,
+error_rate as a fraction.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import Field, field_validator, model_validator
+
+from cvdeploy.config._fields import Section, invalid
+
+__all__ = ["KNOWN_METRICS", "AlertRule", "AlertThresholds", "MetricName", "MonitoringConfig"]
+
+MetricName = Literal[
+    "latency",
+    "throughput",
+    "error_rate",
+    "cpu",
+    "memory",
+    "gpu",
+    "gpu_memory",
+    "queue_depth",
+    "concurrency",
+    "drift",
+]
+#: Metric names that ``monitoring.metrics`` and ``monitoring.alerts[].metric`` accept.
+KNOWN_METRICS: tuple[str, ...] = get_args(MetricName)
+
+
+class AlertThresholds(Section):
+    """Resource and latency alert levels (seed 000)."""
+
+    cpu: float = Field(default=80, gt=0, le=100, description="CPU use, percent.")
+    memory: float = Field(default=80, gt=0, le=100, description="Memory use, percent.")
+    latency: float = Field(
+        default=1000, gt=0, le=3_600_000, description="p95 latency over the window, milliseconds."
+    )
+
+
+_PERCENT_METRICS = frozenset({"cpu", "memory", "gpu", "gpu_memory"})
+
+
+class AlertRule(Section):
+    """One alert (seed 001): fire when ``metric`` crosses ``threshold``."""
+
+    metric: MetricName = Field(description="Metric watched; see KNOWN_METRICS.")
+    threshold: float = Field(
+        ge=0,
+        le=1e12,
+        description="Level in the metric's unit: latency p95 milliseconds, error_rate a "
+        "fraction (0.01 = 1%), cpu/memory/gpu percent, throughput requests per second.",
+    )
+
+    @model_validator(mode="after")
+    def _unit(self) -> AlertRule:
+        if self.metric == "error_rate" and self.threshold > 1:
+            raise invalid(
+                "error_rate is a fraction: write {fixed} for {value}%",
+                field="threshold",
+                value=self.threshold,
+                fixed=round(self.threshold / 100, 6),
+            )
+        if self.metric in _PERCENT_METRICS and self.threshold > 100:
+            raise invalid(
+                "{metric} is a percent: must be <= 100",
+                field="threshold",
+                value=self.threshold,
+                metric=self.metric,
+            )
+        return self
+
+
+def _default_metrics() -> list[MetricName]:
+    return ["latency", "throughput", "error_rate"]
+
+
+def _default_alerts() -> list[AlertRule]:
+    return [
+        AlertRule(metric="error_rate", threshold=0.01),
+        AlertRule(metric="latency", threshold=100),
+    ]
+
+
+class MonitoringConfig(Section):
+    """What ``ModelMonitor`` collects and alerts on (both seeds' keys in one section)."""
+
+    metrics_interval: float = Field(
+        default=60, gt=0, le=86_400, description="Seconds between metric snapshots."
+    )
+    alert_thresholds: AlertThresholds = Field(
+        default_factory=AlertThresholds, description="cpu/memory percent, latency p95 ms."
+    )
+    metrics: list[MetricName] = Field(
+        default_factory=_default_metrics,
+        max_length=len(KNOWN_METRICS),
+        description="Metrics to collect and report.",
+    )
+    alerts: list[AlertRule] = Field(
+        default_factory=_default_alerts, max_length=1000, description="Alert rules."
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metrics(cls, metrics: list[MetricName]) -> list[MetricName]:
+        repeated = sorted({m for m in metrics if metrics.count(m) > 1})
+        if repeated:
+            raise invalid(
+                "lists {names} more than once; list each metric once", names=", ".join(repeated)
+            )
+        return metrics
