@@ -251,7 +251,7 @@ def _input_specs(engine: InferenceEngine) -> list[dict[str, Any]]:
     model = engine.model
     dims = [d if isinstance(d, int) else -1 for d in model.input_shape[1:]]
     return [
-        {"name": "images", "datatype": "BYTES", "shape": [-1]},
+        {"name": "image", "datatype": "BYTES", "shape": [-1]},
         {"name": model.input_name, "datatype": "FP32", "shape": [-1, *dims]},
     ]
 
