@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import httpx
+import model_factory
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import model_factory
 from cvdeploy import __version__
 from cvdeploy.cli.app import app
 
@@ -56,7 +56,8 @@ def test_version_prints_the_package_version():
 
 
 def test_predict_prints_json(classifier, red_png):
-    result = runner.invoke(app, ["predict", str(classifier), str(red_png), "--json", "--top-k", "1"])
+    args = ["predict", str(classifier), str(red_png), "--json", "--top-k", "1"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload[0]["classes"][0]["label"] == "red"

@@ -12,7 +12,8 @@ def b64(color):
 
 
 def test_dataframe_split_invocations(classifier, client):
-    body = {"dataframe_split": {"columns": ["image"], "data": [[b64((255, 0, 0))], [b64((0, 0, 255))]]}}
+    rows = [[b64((255, 0, 0))], [b64((0, 0, 255))]]
+    body = {"dataframe_split": {"columns": ["image"], "data": rows}}
     response = client.post(f"{classifier.url}/invocations", json=body)
     assert response.status_code == 200, response.text
     labels = [p["classes"][0]["label"] for p in response.json()["predictions"]]

@@ -102,7 +102,7 @@ def test_predict_accepts_every_input_kind(tmp_path, classifier_path):
 
 def test_predict_rejects_what_it_cannot_read(classifier_path, tmp_path):
     server = ModelServer("classification", classifier_path)
-    with pytest.raises(InputError, match="cannot predict on a dict"):
+    with pytest.raises(InputError, match=r"cannot predict on a dict"):
         server.predict({"a": 1})
     with pytest.raises(InputError, match="shape"):
         server.predict(np.zeros((5,), dtype=np.int16))
@@ -123,7 +123,7 @@ def test_registry_mode_fails_loudly_until_it_exists():
 
 
 def test_missing_model_file_is_named(tmp_path):
-    with pytest.raises(ModelLoadError, match="missing.onnx"):
+    with pytest.raises(ModelLoadError, match=r"missing\.onnx"):
         ModelServer("yolo", tmp_path / "missing.onnx")
 
 
@@ -173,6 +173,8 @@ def test_several_workers_share_the_port(classifier_path):
     line = next(
         line
         for line in metrics.splitlines()
-        if line.startswith("cvdeploy_requests_total") and 'status="200"' in line and "predict" in line
+        if line.startswith("cvdeploy_requests_total")
+        and 'status="200"' in line
+        and "predict" in line
     )
     assert float(line.rsplit(" ", 1)[1]) == 6.0

@@ -218,11 +218,11 @@ def results_to_outputs(results: Sequence[Result]) -> list[OutputTensor]:
     ids = np.full((batch, k), -1, dtype=np.int32)
     probs = np.zeros((batch, k), dtype=np.float32)
     names: list[bytes] = []
-    for i, r in enumerate(classes):
-        n = len(r.class_ids)
-        ids[i, :n] = r.class_ids
-        probs[i, :n] = r.scores
-        names.extend(label.encode() for label in r.labels)
+    for i, c in enumerate(classes):
+        n = len(c.class_ids)
+        ids[i, :n] = c.class_ids
+        probs[i, :n] = c.scores
+        names.extend(label.encode() for label in c.labels)
         names.extend(b"" for _ in range(k - n))
     return [
         output("class_ids", ids, (batch, k)),
