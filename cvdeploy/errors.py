@@ -115,7 +115,15 @@ class DeadlineExceededError(CVDeployError):
 
 
 class InferenceError(CVDeployError):
-    """The model raised while running. The cause is logged; the client sees only the summary."""
+    """The model raised while running.
+
+    ``message`` keeps the (path-free) summary of the runtime's error for logs and in-process
+    callers; over HTTP the client gets only a generic sentence and the request id, since node
+    names and tensor shapes describe the server's internals, not the client's mistake.
+    """
 
     status_code = 500
     error_code = "INTERNAL_ERROR"
+
+    def public_message(self) -> str:
+        return "the model failed while running this request; the server log has the details"

@@ -177,9 +177,10 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 return await future
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
-            # Leave the future cancelled so the dispatcher skips the item if it is still queued.
-            future.cancel()
-            self.stats.expired += 1
+            # Leave the future cancelled so the dispatcher skips the item if it is still queued;
+            # count it only if the dispatcher did not expire (and count) it first.
+            if future.cancel():
+                self.stats.expired += 1
             raise DeadlineExceededError(
                 f"no result within the {timeout:g} s request timeout; the server is busy or the "
                 "model is slow for this input"

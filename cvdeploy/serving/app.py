@@ -89,7 +89,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.engine = eng
-    _add_error_handlers(app)
+    _add_error_handlers(app, eng)
     app.include_router(image_router(eng))
     app.include_router(v2_router(eng))
     app.include_router(mlflow_router(eng))
@@ -144,11 +144,12 @@ def _request_id(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, engine: InferenceEngine) -> None:
     async def on_cvdeploy_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, CVDeployError):  # pragma: no cover - registered for the tree
             raise exc
         request_id = _request_id(request)
+        engine.metrics.observe_error(type(exc).__name__)
         if exc.status_code >= 500 and isinstance(exc, InferenceError):
             logger.error(
                 "inference failed (request %s): %s", request_id, exc, exc_info=exc.__cause__

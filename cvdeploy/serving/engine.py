@@ -24,7 +24,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cvdeploy.batching import DynamicBatcher
-from cvdeploy.errors import CVDeployError, OverloadedError, PayloadTooLargeError
+from cvdeploy.errors import (
+    CVDeployError,
+    DeadlineExceededError,
+    OverloadedError,
+    PayloadTooLargeError,
+)
 from cvdeploy.runtime import (
     ImageLimits,
     Model,
@@ -41,6 +46,13 @@ from cvdeploy.serving.settings import ServeSettings
 __all__ = ["EngineStats", "InferenceEngine"]
 
 logger = logging.getLogger("cvdeploy.engine")
+
+
+class _Deadline(NamedTuple):
+    """When a request must be answered (monotonic clock), and the timeout it came from."""
+
+    at: float
+    seconds: float
 
 
 class _Job(NamedTuple):
@@ -194,33 +206,47 @@ class InferenceEngine:
             )
 
     async def predict_encoded(
-        self, images: Sequence[bytes], params: PredictParams | None = None
+        self,
+        images: Sequence[bytes],
+        params: PredictParams | None = None,
+        timeout: float | None = None,
     ) -> list[Result]:
-        """Predict encoded images (JPEG, PNG, ...), one result per image, in order."""
+        """Predict encoded images (JPEG, PNG, ...), one result per image, in order.
+
+        ``timeout`` (seconds) may shorten, never lengthen, the server's request timeout.
+        """
+        deadline = self._deadline(timeout)
         self.check_count(len(images))
         params = params or self.model.default_params
-        return await self._timed(self._encoded(images, params))
+        return await self._timed(self._encoded(images, params, deadline))
 
     async def predict_arrays(
-        self, images: Sequence[np.ndarray], params: PredictParams | None = None
+        self,
+        images: Sequence[np.ndarray],
+        params: PredictParams | None = None,
+        timeout: float | None = None,
     ) -> list[Result]:
         """Predict decoded HWC uint8 RGB images."""
+        deadline = self._deadline(timeout)
         self.check_count(len(images))
         params = params or self.model.default_params
         model = self.model
-        return await self._timed(
-            self._prepared_jobs([(lambda img=img: model.preprocess(img)) for img in images], params)
-        )
+        prepare = [(lambda img=img: model.preprocess(img)) for img in images]
+        return await self._timed(self._prepared_jobs(prepare, params, deadline))
 
     async def predict_tensors(
-        self, tensors: Sequence[np.ndarray], params: PredictParams | None = None
+        self,
+        tensors: Sequence[np.ndarray],
+        params: PredictParams | None = None,
+        timeout: float | None = None,
     ) -> list[Result]:
         """Predict already-preprocessed model inputs (one CHW tensor per image)."""
+        deadline = self._deadline(timeout)
         self.check_count(len(tensors))
         params = params or self.model.default_params
         model = self.model
         prepared = [model.prepare_tensor(t) for t in tensors]
-        return await self._timed(self._submit_all(prepared, params, self._deadline()))
+        return await self._timed(self._submit_all(prepared, params, deadline))
 
     async def _timed(self, work: Any) -> list[Result]:
         started = time.perf_counter_ns()
@@ -235,11 +261,15 @@ class InferenceEngine:
         self.stats.last_inference_ms = time.time_ns() // 1_000_000
         return results
 
-    def _deadline(self) -> float:
-        return time.monotonic() + self.settings.timeout
+    def _deadline(self, timeout: float | None = None) -> _Deadline:
+        seconds = self.settings.timeout
+        if timeout is not None:
+            seconds = min(seconds, max(0.0, timeout))
+        return _Deadline(time.monotonic() + seconds, seconds)
 
-    async def _encoded(self, images: Sequence[bytes], params: PredictParams) -> list[Result]:
-        deadline = self._deadline()
+    async def _encoded(
+        self, images: Sequence[bytes], params: PredictParams, deadline: _Deadline
+    ) -> list[Result]:
         if self._cache is None:
             model = self.model
             limits = self.image_limits
@@ -254,7 +284,7 @@ class InferenceEngine:
         cache: _ResultCache,
         images: Sequence[bytes],
         params: PredictParams,
-        deadline: float,
+        deadline: _Deadline,
     ) -> list[Result]:
         keys = [(hashlib.sha256(data).digest(), params) for data in images]
         results: list[Result | None] = [cache.get(k) for k in keys]
@@ -275,7 +305,7 @@ class InferenceEngine:
         return [r for r in results if r is not None]
 
     async def _prepared_jobs(
-        self, prepare: Sequence[Any], params: PredictParams, deadline: float | None = None
+        self, prepare: Sequence[Any], params: PredictParams, deadline: _Deadline
     ) -> list[Result]:
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
@@ -283,23 +313,32 @@ class InferenceEngine:
             await asyncio.gather(*(loop.run_in_executor(self._decode_pool, p) for p in prepare))
         )
         self.stats.decode_ns += time.perf_counter_ns() - started
-        return await self._submit_all(prepared, params, deadline or self._deadline())
+        return await self._submit_all(prepared, params, deadline)
 
     async def _submit_all(
-        self, prepared: Sequence[Prepared], params: PredictParams, deadline: float
+        self, prepared: Sequence[Prepared], params: PredictParams, deadline: _Deadline
     ) -> list[Result]:
-        remaining = max(0.0, deadline - time.monotonic())
+        remaining = max(0.0, deadline.at - time.monotonic())
         self.metrics.depth.set(self.batcher.queue_size)
         jobs = [self.batcher.submit(_Job(p, params), remaining) for p in prepared]
-        if len(jobs) == 1:
-            return [await jobs[0]]
-        gathered = await asyncio.gather(*jobs, return_exceptions=True)
-        errors = [r for r in gathered if isinstance(r, BaseException)]
-        if errors:
-            # Prefer the most informative error: a client error over a server one.
-            errors.sort(key=lambda e: 0 if isinstance(e, CVDeployError) else 1)
-            raise errors[0]
-        return list(gathered)  # type: ignore[arg-type]
+        try:
+            if len(jobs) == 1:
+                return [await jobs[0]]
+            gathered = await asyncio.gather(*jobs, return_exceptions=True)
+            errors = [r for r in gathered if isinstance(r, BaseException)]
+            if errors:
+                # Prefer the most informative error: a client error over a server one.
+                errors.sort(key=lambda e: 0 if isinstance(e, CVDeployError) else 1)
+                raise errors[0]
+            return list(gathered)  # type: ignore[arg-type]
+        except DeadlineExceededError:
+            # The batcher only knows the time that was left (often "0 s" after decoding);
+            # the client needs the server's timeout, which counts from when the request came.
+            raise DeadlineExceededError(
+                f"no result within the {deadline.seconds:g} s request timeout (queue time "
+                "included); the server is busy or the model is slow for this input: retry "
+                "later, or raise the server's timeout"
+            ) from None
 
     def _run_batch(self, jobs: list[_Job]) -> list[Result]:
         """Runs in the batcher's inference thread: stack, run once, post-process each item."""

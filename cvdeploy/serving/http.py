@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
+import sys
 import time
 import uuid
 import zlib
@@ -34,6 +36,10 @@ __all__ = [
 
 access_logger = logging.getLogger("cvdeploy.access")
 logger = logging.getLogger("cvdeploy.server")
+
+#: How long a request may run after its body is read before the middleware starts watching for
+#: the client going away; fast requests never pay for the watcher task.
+_DISCONNECT_WATCH_AFTER = 0.01
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -86,7 +92,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity"):
+    if encoding in ("", "identity") or not body:
         return body
     if encoding in ("gzip", "deflate"):
         return _inflate(body, encoding, limit)
@@ -104,6 +110,15 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
         raise InputError(f"the body is not valid {encoding} data: {exc}") from None
     if len(data) > limit or inflater.unconsumed_tail:
         raise PayloadTooLargeError(f"the inflated request body exceeds the {limit}-byte limit")
+    # Without these checks a cut-off upload would be served from its first part, and anything
+    # after the stream's end (a second gzip member, garbage) would be dropped without a word.
+    if not inflater.eof:
+        raise InputError(f"the {encoding} body is truncated: its compressed stream never ends")
+    if inflater.unused_data:
+        raise InputError(
+            f"the body has {len(inflater.unused_data)} bytes after the end of its {encoding} "
+            "stream; send exactly one compressed stream"
+        )
     return data
 
 
@@ -164,25 +179,34 @@ class RequestContextMiddleware:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
-                response_started = True
+                response_started = watch.responded = True
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
+        watch = _DisconnectWatch(receive)
+
         try:
-            await self.app(scope, receive, send_with_id)
-        except ClientDisconnect:
-            status = 499  # nginx's code for "client closed request"
-            logger.info("client disconnected before the request was read (id %s)", request_id)
-        except Exception as exc:
-            # The last line of defence: one log record with the traceback, and a 500 body
-            # with the request id but no details, instead of Starlette re-raising to uvicorn.
-            logger.error("unhandled error (request %s)", request_id, exc_info=exc)
-            if not response_started:
-                error = CVDeployError(
-                    f"internal server error; quote request id {request_id} when reporting it"
-                )
-                await error_response(error, request_id)(scope, receive, send_with_id)
+            try:
+                await self.app(scope, watch.receive, send_with_id)
+            except ClientDisconnect:
+                status = 499  # nginx's code for "client closed request"
+                logger.info("client disconnected before the request was read (id %s)", request_id)
+            except Exception as exc:
+                # The last line of defence: one log record with the traceback, and a 500 body
+                # with the request id but no details, instead of Starlette re-raising to uvicorn.
+                logger.error("unhandled error (request %s)", request_id, exc_info=exc)
+                if not response_started:
+                    error = CVDeployError(
+                        f"internal server error; quote request id {request_id} when reporting it"
+                    )
+                    await error_response(error, request_id)(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if not watch.consume_cancel():
+                raise
+            status = 499
+            logger.info("client disconnected before its response was sent (id %s)", request_id)
         finally:
+            watch.close()
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
             if self.observe is not None:
@@ -200,6 +224,62 @@ class RequestContextMiddleware:
                         "client": (scope.get("client") or ("", 0))[0],
                     },
                 )
+
+
+class _DisconnectWatch:
+    """Cancels a request when its client goes away after sending the whole body.
+
+    Once the body is read nothing listens to the connection until the response is sent, so a
+    client that disconnects while its request waits in the batcher's queue would still have
+    its images run. After the body is complete (and only for requests still running
+    ``_DISCONNECT_WATCH_AFTER`` later, so fast requests pay no task), a watcher waits for
+    ``http.disconnect`` and cancels the request's task; the batcher then skips its queued work.
+    """
+
+    __slots__ = ("_handle", "_receive", "_task", "_watcher", "gone", "responded")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.gone = False
+        self.responded = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if (
+            self._handle is None
+            and self._task is not None
+            and message["type"] == "http.request"
+            and not message.get("more_body")
+        ):
+            self._handle = self._task.get_loop().call_later(_DISCONNECT_WATCH_AFTER, self._start)
+        return message
+
+    def _start(self) -> None:
+        if self._task is not None and not self.responded:
+            self._watcher = self._task.get_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and not self.responded and self._task:
+            self.gone = True
+            self._task.cancel()
+
+    def consume_cancel(self) -> bool:
+        """True (and the cancellation undone) when it was this watcher's doing."""
+        if not self.gone or self._task is None:
+            return False
+        if sys.version_info >= (3, 11):
+            self._task.uncancel()
+        return True
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

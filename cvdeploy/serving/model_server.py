@@ -107,6 +107,8 @@ class ModelServer:
                 "in this build yet; serve a file with ModelServer(model_path=...) meanwhile"
             )
         path = Path(os.fspath(model_path))  # type: ignore[arg-type]
+        if path.is_dir():
+            raise ModelLoadError(f"{path} is a directory; give the path of an .onnx model file")
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         if workers < 1:
@@ -177,7 +179,7 @@ class ModelServer:
         if self.workers == 1:
             engine = InferenceEngine(self.settings, model=self.model)
             server: ThreadedServer | ProcessServer = ThreadedServer(
-                self.settings, engine, self.host, self.port
+                self.settings, engine, self.host, self.port, access_log=self._access_log
             )
         else:
             server = ProcessServer(self.settings, self.host, self.port)

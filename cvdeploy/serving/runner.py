@@ -100,12 +100,17 @@ class ThreadedServer:
     """One uvicorn server on a daemon thread of this process."""
 
     def __init__(
-        self, settings: ServeSettings, engine: InferenceEngine, host: str, port: int
+        self,
+        settings: ServeSettings,
+        engine: InferenceEngine,
+        host: str,
+        port: int,
+        access_log: bool = True,
     ) -> None:
         from cvdeploy.serving.app import create_app
 
         self.engine = engine
-        app = create_app(engine=engine)
+        app = create_app(engine=engine, access_log=access_log)
         config = uvicorn.Config(app, host=host, port=port, **uvicorn_options(settings))
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="cvdeploy-server", daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 
 import httpx
 import numpy as np
@@ -178,3 +179,25 @@ def test_several_workers_share_the_port(classifier_path):
         and "predict" in line
     )
     assert float(line.rsplit(" ", 1)[1]) == 6.0
+
+
+def test_stop_drains_in_flight_requests(slow_path):
+    import concurrent.futures
+
+    image = encode(solid((255, 0, 0), size=(32, 32)))
+    server = ModelServer("classification", slow_path, port=0, access_log=False).start()
+    url = f"{server.url}/v1/models/{server.name}/predict"
+
+    def call():
+        return httpx.post(url, content=image, headers={"content-type": "image/jpeg"}, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(call) for _ in range(4)]
+        # Wait until every request is queued or running, then stop the server.
+        engine_stats = server._server.engine.batcher.stats  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while engine_stats.submitted < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        server.stop()
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200, 200, 200, 200]

@@ -124,3 +124,11 @@ def test_classifier_outputs(classifier):
         client.close()
     assert result.as_numpy("labels")[0][0] == b"green"
     assert result.as_numpy("class_ids").shape == (1, 3)
+
+
+def test_triton_timeout_parameter_shortens_the_deadline(triton_client, detector):
+    image = bytes_input(encode(solid((0, 0, 0), size=(64, 64))))
+    with pytest.raises(InferenceServerException, match="request timeout"):
+        triton_client.infer(detector.name, [image], timeout=0)
+    # The default deadline still applies to the next request.
+    assert triton_client.infer(detector.name, [image]).as_numpy("num_detections").tolist() == [2]

@@ -130,6 +130,7 @@ async def _predict(engine: InferenceEngine, request: InferRequest) -> list[Resul
         )
     overrides = {k: v for k, v in request.parameters.items() if k not in _PROTOCOL_PARAMETERS}
     params = engine.params(overrides)
+    timeout = _timeout_seconds(request.parameters.get("timeout"))
     tensor = request.inputs[0]
     if tensor.datatype == "BYTES":
         if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
@@ -137,15 +138,24 @@ async def _predict(engine: InferenceEngine, request: InferRequest) -> list[Resul
                 f"input {tensor.name!r}: BYTES images must have shape [B] or [B, 1], "
                 f"got {list(tensor.shape)}"
             )
-        return await engine.predict_encoded(_as_bytes(tensor), params)
+        return await engine.predict_encoded(_as_bytes(tensor), params, timeout)
     if tensor.datatype == "UINT8":
-        return await engine.predict_arrays(_as_images(tensor), params)
+        return await engine.predict_arrays(_as_images(tensor), params, timeout)
     if tensor.datatype in ("FP32", "FP16", "FP64"):
-        return await engine.predict_tensors(_as_tensors(tensor, engine), params)
+        return await engine.predict_tensors(_as_tensors(tensor, engine), params, timeout)
     raise InputError(
         f"input {tensor.name!r}: datatype {tensor.datatype} is not supported; send BYTES "
         "(encoded images), UINT8 [B,H,W,3] images or FP32 [B,C,H,W] model inputs"
     )
+
+
+def _timeout_seconds(value: object) -> float | None:
+    """Triton's ``timeout`` request parameter is in microseconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"parameter 'timeout' must be a non-negative integer (µs), got {value!r}")
+    return value / 1_000_000
 
 
 def _as_bytes(tensor: Tensor) -> list[bytes]:
