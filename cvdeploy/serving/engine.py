@@ -343,9 +343,22 @@ class InferenceEngine:
     def _run_batch(self, jobs: list[_Job]) -> list[Result]:
         """Runs in the batcher's inference thread: stack, run once, post-process each item."""
         model = self.model
-        batch = np.stack([job.prepared.tensor for job in jobs])
-        outputs = model.infer(batch)
+        shape = jobs[0].prepared.tensor.shape
+        if any(job.prepared.tensor.shape != shape for job in jobs):
+            return self._run_mixed_shapes(jobs)
+        outputs = model.infer(np.stack([job.prepared.tensor for job in jobs]))
         return [
             model.postprocess(outputs, index, job.prepared.meta, job.params)
             for index, job in enumerate(jobs)
         ]
+
+    def _run_mixed_shapes(self, jobs: list[_Job]) -> list[Result]:
+        """Inputs of different sizes (dynamic-shape models with stride padding) can't share one
+        tensor: run one call per shape, keeping each result in its input's place."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(job.prepared.tensor.shape, []).append(index)
+        results: dict[int, Result] = {}
+        for indices in groups.values():
+            results.update(zip(indices, self._run_batch([jobs[i] for i in indices]), strict=True))
+        return [results[i] for i in range(len(jobs))]
