@@ -9,6 +9,7 @@ import time
 import httpx
 from rich.console import Console
 from rich.panel import Panel
+from rich.table import Table
 
 from cvdeploy.cli.render import print_result
 from cvdeploy.demo import CLASSIFIER, DETECTOR, demo_file, sample_images
@@ -87,9 +88,20 @@ def _classify(console: Console, client: httpx.Client, server: ModelServer) -> No
     }
     response = client.post(f"{server.url}/invocations", json=body)
     response.raise_for_status()
+    table = Table(title="digits: top-3 from one batched request", title_justify="left")
+    for column in ("image", "predicted", "score", "runner-up", ""):
+        table.add_column(column)
     correct = 0
     for path, prediction in zip(images, response.json()["predictions"], strict=True):
-        print_result(console, path.name, prediction)
-        expected = path.stem.split("_")[-1]
-        correct += prediction["classes"][0]["label"] == expected
+        best, second = prediction["classes"][0], prediction["classes"][1]
+        ok = best["label"] == path.stem.split("_")[-1]
+        correct += ok
+        table.add_row(
+            path.name,
+            best["label"],
+            f"{best['score']:.4f}",
+            f"{second['label']} ({second['score']:.4f})",
+            "[green]ok[/]" if ok else "[red]wrong[/]",
+        )
+    console.print(table)
     console.print(f"[bold]{correct}/{len(images)}[/] digits classified correctly")

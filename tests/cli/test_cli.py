@@ -127,3 +127,18 @@ def test_serve_subprocess_answers_and_drains_on_sigterm(classifier, red_png):
     assert any(r["request_id"] == "cli-test-1" and r["status"] == 200 for r in access)
     assert not any("traceback" in r for r in records)
     assert any("shutdown complete" in r["message"] for r in records)
+
+
+@pytest.mark.slow
+def test_demo_serves_the_bundled_models_and_prints_results():
+    result = subprocess.run(
+        [sys.executable, "-m", "cvdeploy.cli", "demo", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "10/10 digits classified correctly" in result.stdout
+    assert "shapes_1.jpg" in result.stdout
+    assert "detection(s)" in result.stdout
