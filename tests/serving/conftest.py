@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import model_factory
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-import model_factory
 from cvdeploy import ModelServer
 
 DETECTOR_LABELS = ["circle", "square", "triangle"]
