@@ -83,7 +83,10 @@ def serve(
         f"serving [bold]{settings.model_name}[/] at http://{shown}:{bind_port} "
         f"({settings.workers} worker(s)); API docs at /docs"
     )
-    serve_forever(settings, bind_host, bind_port, log_level)
+    try:
+        serve_forever(settings, bind_host, bind_port, log_level)
+    except CVDeployError as exc:
+        raise fail(exc) from None
 
 
 @app.command("serve-settings", hidden=True)

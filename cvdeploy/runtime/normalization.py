@@ -58,6 +58,8 @@ def resolve_normalization(
             raise ConfigError(
                 f"unknown normalization key {key!r}; allowed keys: {', '.join(NORMALIZATION_KEYS)}"
             )
+        if value is None:  # the config's way of saying "from the model's metadata"
+            continue
         values[key] = value
         sources[key] = f"normalization[{key!r}]"
 

@@ -64,9 +64,15 @@ def serve_forever(settings: ServeSettings, host: str, port: int, log_level: str 
 
     configure_logging(log_level)
     options = uvicorn_options(settings, log_level)
+    # Load once before binding: a bad model file ends the command with its error instead of
+    # leaving a server that is never ready. One worker keeps this engine; several workers
+    # each load their own copy after the fork.
+    engine = InferenceEngine(settings)
+    engine.load()
     if settings.workers <= 1:
-        uvicorn.run(create_app(settings), host=host, port=port, **options)
+        uvicorn.run(create_app(engine=engine), host=host, port=port, **options)
         return
+    del engine
     os.environ[SETTINGS_ENV] = settings.to_json()
     os.environ["CVDEPLOY_LOG_LEVEL"] = log_level
     with tempfile.TemporaryDirectory(prefix="cvdeploy-prom-") as prom_dir:

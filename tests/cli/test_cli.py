@@ -143,3 +143,46 @@ def test_demo_serves_the_bundled_models_and_prints_results():
     assert "10/10 digits classified correctly" in result.stdout
     assert "shapes_1.jpg" in result.stdout
     assert "detection(s)" in result.stdout
+
+
+@pytest.mark.slow
+def test_serve_with_a_config_file_and_a_bad_model_exits_with_the_reason(tmp_path):
+    (tmp_path / "cvdeploy.yaml").write_text("deployment:\n  server:\n    workers: 1\n")
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx file at all")
+    result = subprocess.run(
+        [sys.executable, "-m", "cvdeploy.cli", "serve", str(bad), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "broken.onnx" in result.stderr
+
+
+def test_serve_settings_from_a_config_file_keep_model_defaults(tmp_path, classifier):
+    from cvdeploy.cli.settings import settings_for_serve
+
+    config = tmp_path / "cvdeploy.yaml"
+    config.write_text("deployment:\n  server:\n    workers: 1\n    port: 9123\n")
+    settings, host, port = settings_for_serve(
+        classifier,
+        task=None,
+        name=None,
+        host=None,
+        port=None,
+        workers=None,
+        config_path=config,
+        max_batch_size=None,
+        max_queue_delay_ms=None,
+        batching_enabled=None,
+        timeout=None,
+        cache_size=None,
+        token=None,
+    )
+    assert (host, port) == ("0.0.0.0", 9123)
+    from cvdeploy.serving.engine import InferenceEngine
+
+    InferenceEngine(settings).load()  # the config's unset normalization must not break loading

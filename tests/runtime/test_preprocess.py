@@ -270,3 +270,14 @@ def test_prepare_tensor_for_nhwc_models_expects_channels_last() -> None:
     )
     with pytest.raises(InvalidParameterError, match=r"\(H, W, C\)"):
         prep.prepare_tensor(np.zeros((3, 16, 16), np.float32), (16, 16))
+
+
+def test_none_normalization_values_mean_from_metadata(tmp_path):
+    # The config file's model.normalization section has every key, set to None by default.
+    import model_factory as mf
+
+    from cvdeploy.runtime import load_model
+
+    unset = {"scale": None, "mean": None, "std": None, "channel_order": None, "resize": None}
+    model = load_model(mf.make_classifier_model(tmp_path / "c.onnx"), normalization=unset)
+    assert model.task == "classification"
