@@ -13,7 +13,8 @@ The rules, in the order a request meets them:
 * A request whose deadline has passed, or whose caller went away, is dropped before it is run:
   no compute is spent on answers nobody will read.
 * ``run_batch`` runs in a dedicated executor, off the event loop, and must return exactly one
-  result per input; anything else fails the whole batch loudly.
+  result per input (an exception instance fails just that input); any other count fails the
+  whole batch loudly.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
 
     def __init__(
         self,
-        run_batch: Callable[[list[ItemT]], Sequence[ResultT]],
+        run_batch: Callable[[list[ItemT]], Sequence[ResultT | Exception]],
         *,
         max_batch_size: int = 8,
         max_queue_delay_ms: float = 2.0,
@@ -144,6 +145,11 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
     @property
     def queue_size(self) -> int:
         return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing running: a new item would be dispatched at once."""
+        return not self._queue and not self._busy
 
     @property
     def running(self) -> bool:
@@ -261,15 +267,23 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             batch.append(pending)
         return batch
 
-    def _deliver(self, batch: list[_Pending[ItemT, ResultT]], results: Sequence[ResultT]) -> None:
+    def _deliver(
+        self, batch: list[_Pending[ItemT, ResultT]], results: Sequence[ResultT | Exception]
+    ) -> None:
         if len(results) != len(batch):
             raise InferenceError(
                 f"the model returned {len(results)} results for a batch of {len(batch)} inputs"
             )
         for pending, result in zip(batch, results, strict=True):
-            if not pending.future.done():
+            if pending.future.done():
+                continue
+            # A run_batch may fail single items by returning their exception in their place.
+            if isinstance(result, Exception):
+                self.stats.failed += 1
+                pending.future.set_exception(result)
+            else:
+                self.stats.completed += 1
                 pending.future.set_result(result)
-        self.stats.completed += len(batch)
 
     def _fail(self, batch: list[_Pending[ItemT, ResultT]], exc: Exception) -> None:
         self.stats.failed += len(batch)

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -56,7 +56,9 @@ class _Deadline(NamedTuple):
 
 
 class _Job(NamedTuple):
-    prepared: Prepared
+    """One image for the batcher: prepared already, or to be prepared by the runner."""
+
+    prepared: Prepared | Callable[[], Prepared]
     params: PredictParams
 
 
@@ -305,8 +307,12 @@ class InferenceEngine:
         return [r for r in results if r is not None]
 
     async def _prepared_jobs(
-        self, prepare: Sequence[Any], params: PredictParams, deadline: _Deadline
+        self, prepare: Sequence[Callable[[], Prepared]], params: PredictParams, deadline: _Deadline
     ) -> list[Result]:
+        if len(prepare) == 1 and self.batcher.idle:
+            # Nothing to overlap with: let the idle runner decode as part of its call, saving
+            # two thread hand-offs on the latency of a lone request.
+            return await self._submit_all(prepare, params, deadline)
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
         prepared: list[Prepared] = list(
@@ -316,7 +322,10 @@ class InferenceEngine:
         return await self._submit_all(prepared, params, deadline)
 
     async def _submit_all(
-        self, prepared: Sequence[Prepared], params: PredictParams, deadline: _Deadline
+        self,
+        prepared: Sequence[Prepared | Callable[[], Prepared]],
+        params: PredictParams,
+        deadline: _Deadline,
     ) -> list[Result]:
         remaining = max(0.0, deadline.at - time.monotonic())
         self.metrics.depth.set(self.batcher.queue_size)
@@ -340,25 +349,45 @@ class InferenceEngine:
                 "later, or raise the server's timeout"
             ) from None
 
-    def _run_batch(self, jobs: list[_Job]) -> list[Result]:
-        """Runs in the batcher's inference thread: stack, run once, post-process each item."""
+    def _run_batch(self, jobs: list[_Job]) -> list[Result | Exception]:
+        """Runs in the batcher's inference thread: stack, run once, post-process each item.
+
+        Jobs handed over unprepared are decoded here first; one that fails to decode gets its
+        own error without failing the others.
+        """
+        failed: dict[int, Exception] = {}
+        ready: list[tuple[Prepared, PredictParams]] = []
+        for index, job in enumerate(jobs):
+            prepared = job.prepared
+            if callable(prepared):
+                try:
+                    prepared = prepared()
+                except Exception as exc:
+                    failed[index] = exc
+                    continue
+            ready.append((prepared, job.params))
+        results = iter(self._run_prepared(ready) if ready else [])
+        return [failed[i] if i in failed else next(results) for i in range(len(jobs))]
+
+    def _run_prepared(self, jobs: list[tuple[Prepared, PredictParams]]) -> list[Result]:
         model = self.model
-        shape = jobs[0].prepared.tensor.shape
-        if any(job.prepared.tensor.shape != shape for job in jobs):
+        shape = jobs[0][0].tensor.shape
+        if any(prepared.tensor.shape != shape for prepared, _ in jobs):
             return self._run_mixed_shapes(jobs)
-        outputs = model.infer(np.stack([job.prepared.tensor for job in jobs]))
+        outputs = model.infer(np.stack([prepared.tensor for prepared, _ in jobs]))
         return [
-            model.postprocess(outputs, index, job.prepared.meta, job.params)
-            for index, job in enumerate(jobs)
+            model.postprocess(outputs, index, prepared.meta, params)
+            for index, (prepared, params) in enumerate(jobs)
         ]
 
-    def _run_mixed_shapes(self, jobs: list[_Job]) -> list[Result]:
+    def _run_mixed_shapes(self, jobs: list[tuple[Prepared, PredictParams]]) -> list[Result]:
         """Inputs of different sizes (dynamic-shape models with stride padding) can't share one
         tensor: run one call per shape, keeping each result in its input's place."""
         groups: dict[tuple[int, ...], list[int]] = {}
-        for index, job in enumerate(jobs):
-            groups.setdefault(job.prepared.tensor.shape, []).append(index)
+        for index, (prepared, _) in enumerate(jobs):
+            groups.setdefault(prepared.tensor.shape, []).append(index)
         results: dict[int, Result] = {}
         for indices in groups.values():
-            results.update(zip(indices, self._run_batch([jobs[i] for i in indices]), strict=True))
+            part = self._run_prepared([jobs[i] for i in indices])
+            results.update(zip(indices, part, strict=True))
         return [results[i] for i in range(len(jobs))]

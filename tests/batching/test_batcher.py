@@ -189,3 +189,49 @@ def test_submit_after_stop_is_refused():
 
     with pytest.raises(OverloadedError):
         run(main())
+
+
+def test_a_single_item_can_fail_without_failing_its_batch():
+    async def main():
+        gate = threading.Event()
+
+        def run_batch(items):
+            gate.wait(5)
+            return [ValueError(f"bad {i}") if i == 2 else i for i in items]
+
+        batcher = DynamicBatcher(run_batch, max_batch_size=4, max_queue_delay_ms=0)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.02)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.02)
+        gate.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = run(main())
+    assert results[:2] == [0, 1]
+    assert isinstance(results[2], ValueError)
+    assert results[3] == 3
+    assert (stats.completed, stats.failed) == (3, 1)
+
+
+def test_idle_reports_an_empty_and_free_runner():
+    async def main():
+        rec = Recorder()
+        rec.gate.clear()
+        batcher = DynamicBatcher(rec, max_batch_size=1)
+        await batcher.start()
+        before = batcher.idle
+        task = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.02)
+        during = batcher.idle
+        rec.gate.set()
+        await task
+        await asyncio.sleep(0.01)
+        after = batcher.idle
+        await batcher.stop()
+        return before, during, after
+
+    assert run(main()) == (True, False, True)
