@@ -51,6 +51,13 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="Dynamic batch size.")] = None,
     max_queue_delay_ms: Annotated[float | None, typer.Option(help="Batch wait under load.")] = None,
     no_batching: Annotated[bool, typer.Option("--no-batching", help="One image per call.")] = False,
+    ort_spinning: Annotated[
+        bool | None,
+        typer.Option(
+            "--ort-spinning/--no-ort-spinning",
+            help="ONNX Runtime threads spin between operators (config model.intra_op_spinning).",
+        ),
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Request timeout, seconds [60].")] = None,
     cache_size: Annotated[int | None, typer.Option(help="Result cache entries (0 = off).")] = None,
     token: Annotated[str | None, typer.Option(help="Require ?token= on predict routes.")] = None,
@@ -75,6 +82,7 @@ def serve(
             timeout=timeout,
             cache_size=cache_size,
             token=token,
+            intra_op_spinning=ort_spinning,
         )
     except CVDeployError as exc:
         raise fail(exc) from None

@@ -25,6 +25,7 @@ _MODEL_KEYS = {
     "top_k": "top_k",
     "normalization": "normalization",
     "warmup": "warmup",
+    "intra_op_spinning": "intra_op_spinning",
 }
 
 
@@ -53,6 +54,7 @@ def settings_for_serve(
     timeout: float | None,
     cache_size: int | None,
     token: str | None,
+    intra_op_spinning: bool | None = None,
 ) -> tuple[ServeSettings, str, int]:
     if not model.is_file():
         raise ModelLoadError(f"model file not found: {model}")
@@ -70,6 +72,8 @@ def settings_for_serve(
         for key, target in _MODEL_KEYS.items()
         if model_section.get(key) is not None
     }
+    if intra_op_spinning is not None:
+        model_options["intra_op_spinning"] = intra_op_spinning
     n_workers = workers if workers is not None else int(deployment.get("workers", 1))
     if n_workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {n_workers}")

@@ -106,6 +106,13 @@ class ModelConfig(Section):
         default_factory=NormalizationConfig, description="Pre-processing; None = from metadata."
     )
     warmup: bool = Field(default=True, description="Run one dummy inference at load, before ready.")
+    intra_op_spinning: bool = Field(
+        default=True,
+        description=(
+            "Let ONNX Runtime's threads spin between operators: lowest latency for a lone "
+            "request; turn off when decoding and HTTP need the cores under load."
+        ),
+    )
 
     @property
     def task(self) -> Literal["detection", "classification"] | None:

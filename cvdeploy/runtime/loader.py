@@ -54,6 +54,7 @@ def load_model(
     providers: str | Sequence[str] | None = None,
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
+    intra_op_spinning: bool = True,
     conf: float = 0.25,
     iou: float = 0.45,
     max_det: int = 300,
@@ -77,6 +78,10 @@ def load_model(
         providers: ``"auto"``/None (TensorRT, CUDA when present, then CPU) or names.
         intra_op_threads: default :func:`default_intra_op_threads` (all usable cores).
         inter_op_threads: default 1 (the graph runs sequentially).
+        intra_op_spinning: let ONNX Runtime's worker threads spin between operators (its
+            default). Spinning saves a wake-up per operator, which is the lowest latency for a
+            lone request, but burns a core while waiting; turn it off when other work (decoding,
+            HTTP, other models) needs the cores.
         conf, iou, max_det, top_k: the default :class:`PredictParams`.
         normalization: preprocessing overrides, see :mod:`cvdeploy.runtime.normalization`.
         warmup: run zero batches now so the first request is not slow.
@@ -98,7 +103,7 @@ def load_model(
     if intra < 1 or inter < 1:
         raise ConfigError("intra_op_threads and inter_op_threads must be >= 1")
 
-    session = create_session(model_path, chosen, intra, inter)
+    session = create_session(model_path, chosen, intra, inter, spinning=intra_op_spinning)
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     spec = image_input(session, model_path)
     task_name = resolve_task_name(task, metadata)

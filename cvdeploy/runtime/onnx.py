@@ -60,7 +60,11 @@ class InputSpec:
 
 
 def create_session(
-    path: Path, providers: Sequence[str], intra_op_threads: int, inter_op_threads: int
+    path: Path,
+    providers: Sequence[str],
+    intra_op_threads: int,
+    inter_op_threads: int,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     """Open ``path`` in ONNX Runtime.
 
@@ -74,6 +78,8 @@ def create_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Fatal only: ORT would print run failures to stderr itself; Model.infer logs them once,
     # through logging, with the model name.
     options.log_severity_level = 4
@@ -98,7 +104,7 @@ def _check_file(path: Path) -> None:
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         raise ModelLoadError(
             f"{path} looks like a PyTorch checkpoint (zip/pickle), not an ONNX model; "
-            "convert it with `cvdeploy export`"
+            "export it to ONNX first (Ultralytics: model.export(format='onnx'))"
         )
     if _looks_like_text(head):
         raise ModelLoadError(

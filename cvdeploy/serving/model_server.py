@@ -46,7 +46,7 @@ _SERVER_OPTIONS = ("cache_size", "intra_op_threads", "log_level", "access_log", 
 _MODEL_ALIASES = {"conf_threshold": "conf", "iou_threshold": "iou", "model_type": "task"}
 _MODEL_OPTIONS = frozenset(
     {"labels", "input_size", "providers", "conf", "iou", "max_det", "top_k", "normalization",
-     "warmup", "output_layout", "inter_op_threads"}
+     "warmup", "output_layout", "inter_op_threads", "intra_op_spinning"}
 )  # fmt: skip
 
 ImageLike = Any  # numpy array, PIL image, path, bytes, or a torch tensor

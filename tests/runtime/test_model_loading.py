@@ -64,7 +64,7 @@ def test_pytorch_checkpoint_points_to_export(tmp_path: Path) -> None:
     path = tmp_path / "yolov8n.onnx"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", b"\x80\x02")
-    with pytest.raises(ModelLoadError, match="cvdeploy export"):
+    with pytest.raises(ModelLoadError, match="export it to ONNX"):
         load_model(path)
 
 
