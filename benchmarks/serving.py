@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -294,6 +295,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Extra `cvdeploy serve` arguments from --serve-args (set once, in parse_args).
+SERVE_EXTRA: list[str] = []
+
+
 class Server:
     """``cvdeploy serve`` in a subprocess, in an empty directory with no CVDEPLOY_* variables
     (so nobody's config file changes what is measured)."""
@@ -325,6 +330,7 @@ class Server:
         self.command += (
             ["--max-batch-size", str(SERVER_MAX_BATCH)] if batching else ["--no-batching"]
         )
+        self.command += SERVE_EXTRA
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -998,7 +1004,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classifier-width", type=float, default=0.35)
     parser.add_argument("--classifier-depth", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--serve-args",
+        default="",
+        help="extra arguments for `cvdeploy serve`, e.g. '--no-ort-spinning'",
+    )
+    args = parser.parse_args(argv)
+    SERVE_EXTRA[:] = shlex.split(args.serve_args)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
