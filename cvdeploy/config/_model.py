@@ -106,11 +106,12 @@ class ModelConfig(Section):
         default_factory=NormalizationConfig, description="Pre-processing; None = from metadata."
     )
     warmup: bool = Field(default=True, description="Run one dummy inference at load, before ready.")
-    intra_op_spinning: bool = Field(
-        default=True,
+    intra_op_spinning: bool | Literal["auto"] = Field(
+        default="auto",
         description=(
-            "Let ONNX Runtime's threads spin between operators: lowest latency for a lone "
-            "request; turn off when decoding and HTTP need the cores under load."
+            "ONNX Runtime threads spin between operators: true, false, or auto (a non-spinning "
+            "session for batches plus a spinning one for a lone request, for CPU models up to "
+            "64 MB)."
         ),
     )
 

@@ -54,7 +54,7 @@ def load_model(
     providers: str | Sequence[str] | None = None,
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
-    intra_op_spinning: bool = True,
+    intra_op_spinning: bool | str = "auto",
     conf: float = 0.25,
     iou: float = 0.45,
     max_det: int = 300,
@@ -78,10 +78,13 @@ def load_model(
         providers: ``"auto"``/None (TensorRT, CUDA when present, then CPU) or names.
         intra_op_threads: default :func:`default_intra_op_threads` (all usable cores).
         inter_op_threads: default 1 (the graph runs sequentially).
-        intra_op_spinning: let ONNX Runtime's worker threads spin between operators (its
-            default). Spinning saves a wake-up per operator, which is the lowest latency for a
-            lone request, but burns a core while waiting; turn it off when other work (decoding,
-            HTTP, other models) needs the cores.
+        intra_op_spinning: whether ONNX Runtime's worker threads spin between operators.
+            Spinning saves a wake-up per operator (the lowest latency for a lone request) but
+            burns a core while waiting, which starves decoding and HTTP under load. ``"auto"``
+            (default) keeps two CPU sessions of a model up to 64 MB: a non-spinning one for
+            batches and a spinning one for a lone image on an idle server
+            (``Model.infer(..., latency=True)``); larger models, GPU providers and single-thread
+            sessions get one non-spinning session.
         conf, iou, max_det, top_k: the default :class:`PredictParams`.
         normalization: preprocessing overrides, see :mod:`cvdeploy.runtime.normalization`.
         warmup: run zero batches now so the first request is not slow.
@@ -103,7 +106,11 @@ def load_model(
     if intra < 1 or inter < 1:
         raise ConfigError("intra_op_threads and inter_op_threads must be >= 1")
 
-    session = create_session(model_path, chosen, intra, inter, spinning=intra_op_spinning)
+    spinning, twin = _spinning_plan(intra_op_spinning, model_path, chosen, intra)
+    session = create_session(model_path, chosen, intra, inter, spinning=spinning)
+    latency_session = (
+        create_session(model_path, chosen, intra, inter, spinning=True) if twin else None
+    )
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     spec = image_input(session, model_path)
     task_name = resolve_task_name(task, metadata)
@@ -146,10 +153,30 @@ def load_model(
         metadata=metadata,
         sha256=file_sha256(model_path),
         default_params=default_params,
+        latency_session=latency_session,
     )
     if warmup:
         model.warmup((spec.batch,) if spec.batch is not None else (1,))
     return model
+
+
+#: Largest model file that gets a second, spinning session under ``intra_op_spinning="auto"``:
+#: the per-operator wake-ups that spinning saves matter for small, fast models, and the weights
+#: are held twice.
+_TWIN_SESSION_MAX_BYTES = 64 * 2**20
+
+
+def _spinning_plan(
+    setting: bool | str, path: Path, providers: Sequence[str], intra_op_threads: int
+) -> tuple[bool, bool]:
+    """(spinning of the main session, whether to add a spinning latency twin)."""
+    if isinstance(setting, bool):
+        return setting, False
+    if setting != "auto":
+        raise ConfigError(f"intra_op_spinning must be true, false or 'auto', got {setting!r}")
+    cpu_only = list(providers) == ["CPUExecutionProvider"]
+    small = path.is_file() and path.stat().st_size <= _TWIN_SESSION_MAX_BYTES
+    return False, cpu_only and small and intra_op_threads > 1
 
 
 def _user_labels(labels: Sequence[str] | str | Path | None) -> list[str] | None:

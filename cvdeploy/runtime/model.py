@@ -49,6 +49,7 @@ class Model:
         metadata: Mapping[str, str],
         sha256: str,
         default_params: PredictParams,
+        latency_session: ort.InferenceSession | None = None,
     ) -> None:
         self.path = path
         self.name = name
@@ -56,6 +57,9 @@ class Model:
         self.sha256 = sha256
         self.default_params = default_params
         self._session = session
+        # Optional twin of ``session`` whose threads spin between operators (see load_model's
+        # ``intra_op_spinning="auto"``): used for a lone image when nothing else is waiting.
+        self._latency_session = latency_session
         self._spec = spec
         self._task = task
         self.output_names: list[str] = [o.name for o in session.get_outputs()]
@@ -130,9 +134,12 @@ class Model:
         """
         return self._task.preprocessor.prepare_tensor(tensor, self._spec.spatial)
 
-    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+    def infer(self, batch: np.ndarray, *, latency: bool = False) -> list[np.ndarray]:
         """One ``session.run`` on a stacked batch; a model with a fixed batch size gets the
         batch zero-padded to it and the padding removed from the outputs.
+
+        ``latency=True`` asks for the lowest latency of this one call (the spinning session,
+        when the model has one): right for a lone request on an idle server.
 
         Raises:
             InvalidParameterError: more images than the model's fixed batch size.
@@ -150,7 +157,8 @@ class Model:
             padding = np.zeros((fixed - count, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, padding])
         try:
-            outputs: list[np.ndarray] = self._session.run(None, {self._spec.name: batch})
+            session = self._latency_session if latency and self._latency_session else self._session
+            outputs: list[np.ndarray] = session.run(None, {self._spec.name: batch})
         except Exception as exc:
             # Not logged here: the caller (the server, with its request id) logs it once.
             raise InferenceError(
@@ -191,7 +199,9 @@ class Model:
         for indices in groups.values():
             for start in range(0, len(indices), chunk):
                 part = indices[start : start + chunk]
-                outputs = self.infer(np.stack([prepared[i].tensor for i in part]))
+                outputs = self.infer(
+                    np.stack([prepared[i].tensor for i in part]), latency=len(part) == 1
+                )
                 for position, i in enumerate(part):
                     results[i] = self.postprocess(outputs, position, prepared[i].meta, params)
         return [r for r in results if r is not None]
@@ -203,3 +213,5 @@ class Model:
         item = (channels, height, width) if self.layout == "NCHW" else (height, width, channels)
         for size in batch_sizes:
             self.infer(np.zeros((size, *item), dtype=self._spec.dtype))
+        if self._latency_session is not None:
+            self.infer(np.zeros((1, *item), dtype=self._spec.dtype), latency=True)

@@ -374,7 +374,9 @@ class InferenceEngine:
         shape = jobs[0][0].tensor.shape
         if any(prepared.tensor.shape != shape for prepared, _ in jobs):
             return self._run_mixed_shapes(jobs)
-        outputs = model.infer(np.stack([prepared.tensor for prepared, _ in jobs]))
+        # A lone image with nobody waiting behind it is a latency problem, not a throughput one.
+        lone = len(jobs) == 1 and self.batcher.queue_size == 0
+        outputs = model.infer(np.stack([prepared.tensor for prepared, _ in jobs]), latency=lone)
         return [
             model.postprocess(outputs, index, prepared.meta, params)
             for index, (prepared, params) in enumerate(jobs)

@@ -247,7 +247,7 @@ class ModelServer:
     def _predict_one(self, kind: str, value: np.ndarray, params: PredictParams) -> Result:
         model = self.model
         prepared = model.preprocess(value) if kind == "image" else model.prepare_tensor(value)
-        outputs = model.infer(prepared.tensor[None])
+        outputs = model.infer(prepared.tensor[None], latency=True)
         return model.postprocess(outputs, 0, prepared.meta, params)
 
     def _as_inputs(self, x: Any) -> tuple[list[tuple[str, np.ndarray]], bool]:

@@ -310,3 +310,23 @@ def test_concurrent_predictions_are_consistent(tmp_path: Path) -> None:
 def test_warmup_accepts_several_batch_sizes(tmp_path: Path) -> None:
     model = load_model(mf.make_classifier_model(tmp_path / "c.onnx"), warmup=False)
     model.warmup([1, 4])
+
+
+def test_auto_spinning_keeps_a_latency_twin_for_small_cpu_models(tmp_path: Path) -> None:
+    path = mf.make_classifier_model(tmp_path / "c.onnx")
+    twin = load_model(path, intra_op_threads=2)
+    assert twin._latency_session is not None
+    image = np.zeros((1, 3, 32, 32), np.float32)
+    image[:, 0] = 1.0
+    np.testing.assert_allclose(twin.infer(image)[0], twin.infer(image, latency=True)[0])
+    # One thread has no worker threads to spin; an explicit setting means one session.
+    assert load_model(path, intra_op_threads=1)._latency_session is None
+    assert load_model(path, intra_op_threads=2, intra_op_spinning=True)._latency_session is None
+    assert load_model(path, intra_op_threads=2, intra_op_spinning=False)._latency_session is None
+
+
+def test_unknown_spinning_setting_is_a_config_error(tmp_path: Path) -> None:
+    from cvdeploy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="intra_op_spinning"):
+        load_model(mf.make_classifier_model(tmp_path / "c.onnx"), intra_op_spinning="sometimes")
