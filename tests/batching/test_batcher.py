@@ -235,3 +235,42 @@ def test_idle_reports_an_empty_and_free_runner():
         return before, during, after
 
     assert run(main()) == (True, False, True)
+
+
+def test_a_lone_request_on_an_idle_runner_skips_the_queue_but_is_counted():
+    observed = []
+
+    async def main():
+        batcher = DynamicBatcher(
+            Recorder(), observer=lambda size, seconds, waits: observed.append(size)
+        )
+        await batcher.start()
+        result = await batcher.submit(4)
+        await asyncio.sleep(0)
+        await batcher.stop()
+        return result, batcher.stats
+
+    result, stats = run(main())
+    assert result == 40
+    assert (stats.submitted, stats.completed, stats.batches) == (1, 1, 1)
+    assert observed == [1]
+
+
+def test_requests_arriving_during_a_lone_run_wait_and_batch_together():
+    async def main():
+        rec = Recorder()
+        rec.gate.clear()
+        batcher = DynamicBatcher(rec, max_batch_size=8, max_queue_delay_ms=0)
+        await batcher.start()
+        lone = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.02)
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.02)
+        rec.gate.set()
+        results = await asyncio.gather(lone, *queued)
+        await batcher.stop()
+        return results, rec.batches
+
+    results, batches = run(main())
+    assert results == [0, 10, 20, 30]
+    assert batches == [[0], [1, 2, 3]]
