@@ -8,48 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from cvdeploy.config import BatchingConfig, LimitsConfig, validate_section
 from cvdeploy.errors import ConfigError
 
-__all__ = ["SETTINGS_ENV", "BatchingSettings", "LimitsSettings", "ServeSettings"]
+__all__ = ["SETTINGS_ENV", "ServeSettings"]
 
 SETTINGS_ENV = "CVDEPLOY_SERVE_SETTINGS"
-
-
-@dataclass(frozen=True)
-class BatchingSettings:
-    enabled: bool = True
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 2.0
-    max_queue_size: int = 256
-
-
-@dataclass(frozen=True)
-class LimitsSettings:
-    max_body_bytes: int = 20 * 2**20
-    max_image_pixels: int = 40_000_000
-    max_images_per_request: int = 64
-    max_v2_tensor_bytes: int = 64 * 2**20
-
-
-def _build(cls: type[Any], value: object, what: str) -> Any:
-    """Build a settings dataclass from a mapping, naming unknown keys."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{what} must be a mapping, got {type(value).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(
-            f"{what}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
-        )
-    return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -62,8 +29,9 @@ class ServeSettings:
     version: str = "1"
     timeout: float = 60.0
     workers: int = 1
-    batching: BatchingSettings = field(default_factory=BatchingSettings)
-    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    # The config file's own section models: one set of defaults and bounds, one set of messages.
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache_size: int = 0
     token: str | None = None
     intra_op_threads: int | None = None
@@ -79,8 +47,8 @@ class ServeSettings:
         **kwargs: Any,
     ) -> ServeSettings:
         return cls(
-            batching=_build(BatchingSettings, batching, "batching"),
-            limits=_build(LimitsSettings, limits, "limits"),
+            batching=validate_section(BatchingConfig, batching, name="batching"),
+            limits=validate_section(LimitsConfig, limits, name="limits"),
             **kwargs,
         )
 
@@ -91,7 +59,10 @@ class ServeSettings:
         return os.path.splitext(os.path.basename(self.model_path))[0]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["batching"] = self.batching.model_dump()
+        data["limits"] = self.limits.model_dump()
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> ServeSettings:

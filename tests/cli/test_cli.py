@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import httpx
 import model_factory
 import numpy as np
 import pytest
+import tritonclient.http as triton
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -117,6 +119,15 @@ def test_serve_subprocess_answers_and_drains_on_sigterm(classifier, red_png):
         )
         assert response.status_code == 200
         assert response.headers["x-request-id"] == "cli-test-1"
+        # The official Triton client and an MLflow-format request against the same process.
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = triton.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([red_png.read_bytes()], dtype=object))
+        assert client.infer("colors", [tensor]).as_numpy("labels")[0][0] == b"red"
+        client.close()
+        body = {"instances": [base64.b64encode(red_png.read_bytes()).decode()]}
+        mlflow = httpx.post(f"{url}/invocations", json=body).json()
+        assert mlflow["predictions"][0]["classes"][0]["label"] == "red"
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
