@@ -193,6 +193,11 @@ class BatchingConfig(Section):
     max_queue_size: int = Field(
         default=256, ge=1, le=1_000_000, description="Queued images before requests get a 503."
     )
+    tune_batch_size: bool = Field(
+        default=True,
+        description="Time the model at start-up and cap batches at the smallest size that is "
+        "as fast per image as the best one up to max_batch_size.",
+    )
 
 
 ByteSize = Annotated[int, BeforeValidator(byte_size)]

@@ -42,6 +42,7 @@ from cvdeploy.runtime import (
 )
 from cvdeploy.serving.metrics import ServingMetrics
 from cvdeploy.serving.settings import ServeSettings
+from cvdeploy.serving.tuning import candidate_sizes, choose_batch_size, measure_per_image
 
 __all__ = ["EngineStats", "InferenceEngine"]
 
@@ -105,6 +106,8 @@ class InferenceEngine:
         self.version = settings.version
         self.metrics = ServingMetrics(self.name, self.version)
         self.stats = EngineStats()
+        #: Milliseconds per image by batch size, measured at start-up (empty when not tuned).
+        self.tuned_batch_sizes: dict[int, float] = {}
         self.image_limits = ImageLimits(
             max_bytes=settings.limits.max_body_bytes,
             max_pixels=settings.limits.max_image_pixels,
@@ -157,15 +160,31 @@ class InferenceEngine:
             )
             try:
                 model = load_model(s.model_path, s.task, name=self.name, **options)
-                batch = s.batching.max_batch_size if s.batching.enabled else 1
-                sizes = sorted({1, min(batch, model.max_batch_size or batch)})
-                model.warmup(sizes)
+                self._tune(model)
             except BaseException as exc:
                 self._load_error = exc
                 raise
             self._model = model
         self._ready.set()
         return self._model
+
+    def _tune(self, model: Model) -> None:
+        """Warm every batch size the batcher may use and pick the one it aims for."""
+        batching = self.settings.batching
+        limit = min(batching.max_batch_size, model.max_batch_size or batching.max_batch_size)
+        if not batching.enabled or limit <= 1 or not batching.tune_batch_size:
+            model.warmup(sorted({1, limit if batching.enabled else 1}))
+            return
+        per_image = measure_per_image(model, candidate_sizes(limit))
+        chosen = choose_batch_size(per_image)
+        self.batcher.max_batch_size = chosen
+        self.tuned_batch_sizes = {size: round(s * 1000, 3) for size, s in per_image.items()}
+        logger.info(
+            "model %r: batches capped at %d (ms per image by batch size: %s)",
+            self.name,
+            chosen,
+            self.tuned_batch_sizes,
+        )
 
     async def start(self, load_in_background: bool = True) -> None:
         """Start the batcher, then load the model (in the background by default).
@@ -175,6 +194,13 @@ class InferenceEngine:
         """
         await self.batcher.start()
         if self._model is not None:
+            # A model handed in (ModelServer's, already warm at batch 1) still gets its batch
+            # sizes warmed and tuned before the server reports ready.
+            self._ready.clear()
+            await asyncio.get_running_loop().run_in_executor(
+                self._decode_pool, self._tune, self._model
+            )
+            self._ready.set()
             return
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._decode_pool, self.load)

@@ -96,6 +96,7 @@ def test_deployment_config_is_exactly_model_server_keywords():
         "max_batch_size": 8,
         "max_queue_delay_ms": 2.0,
         "max_queue_size": 256,
+        "tune_batch_size": True,
     }
     assert deployment["limits"] == {
         "max_body_bytes": 20 * 1024 * 1024,

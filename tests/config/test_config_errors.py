@@ -208,7 +208,7 @@ def test_validate_section_prefixes_paths_with_the_argument_name():
         "Invalid batching: 2 problems\n"
         "  - batching.max_batch_size: 0 is invalid: must be >= 1\n"
         "  - batching.max_queue_dely_ms: unknown key; did you mean 'max_queue_delay_ms'? "
-        "Valid keys: enabled, max_batch_size, max_queue_delay_ms, max_queue_size"
+        "Valid keys: enabled, max_batch_size, max_queue_delay_ms, max_queue_size, tune_batch_size"
     )
 
 

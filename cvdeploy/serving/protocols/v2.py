@@ -297,6 +297,8 @@ def _model_config(engine: InferenceEngine) -> dict[str, Any]:
     }
     if batching.enabled:
         config["dynamic_batching"] = {
+            # Triton's name for the size the batcher aims for (tuned at start-up).
+            "preferred_batch_size": [engine.batcher.max_batch_size],
             "max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000),
             "default_queue_policy": {"max_queue_size": batching.max_queue_size},
         }
