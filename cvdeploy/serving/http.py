@@ -96,10 +96,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     if encoding in ("", "identity") or not body:
         return body
     if encoding in ("gzip", "deflate"):
-        return _inflate(body, encoding, limit)
+        if len(body) < _INFLATE_INLINE_BYTES:
+            return _inflate(body, encoding, limit)
+        # Inflating tens of megabytes takes a while: keep the event loop serving others.
+        return await asyncio.to_thread(_inflate, body, encoding, limit)
     raise UnsupportedMediaTypeError(
         f"content-encoding {encoding!r} is not supported; use gzip, deflate or none"
     )
+
+
+#: Compressed bodies below this size are inflated inline (cheaper than a thread hop).
+_INFLATE_INLINE_BYTES = 256 * 1024
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
