@@ -11,6 +11,7 @@ maps to, so the servers need exactly one error handler::
     │   ├── InvalidImageError (400)     empty, truncated or non-image bytes
     │   ├── InvalidParameterError (400) conf/iou/max_det/top_k out of bounds
     │   ├── PayloadTooLargeError (413)  too many bytes, pixels or images
+    │   ├── RequestTimeoutError (408)   the body did not arrive in time (slow or stalled client)
     │   ├── UnsupportedMediaTypeError (415)
     │   └── ModelNotFoundError (404)
     ├── OverloadedError (503)           queue full; carries ``retry_after`` seconds
@@ -37,6 +38,7 @@ __all__ = [
     "NotAvailableError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "UnsupportedMediaTypeError",
 ]
 
@@ -88,6 +90,11 @@ class InvalidParameterError(InputError):
 class PayloadTooLargeError(InputError):
     status_code = 413
     error_code = "PAYLOAD_TOO_LARGE"
+
+
+class RequestTimeoutError(InputError):
+    status_code = 408
+    error_code = "REQUEST_TIMEOUT"
 
 
 class UnsupportedMediaTypeError(InputError):

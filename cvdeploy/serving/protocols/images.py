@@ -130,7 +130,7 @@ async def _read_images(
     limits = engine.settings.limits
     params: dict[str, object] = query_params(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body(request, limits.max_body_bytes)
+    body = await read_body(request, limits.max_body_bytes, engine.settings.timeout)
     if not body:
         raise InputError("the request body is empty; send an image file, raw image bytes or JSON")
 

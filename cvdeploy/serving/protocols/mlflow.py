@@ -71,7 +71,8 @@ async def _invoke(request: Request, engine: InferenceEngine) -> JSONResponse:
             f"content type {content_type!r} is not supported here; send application/json with "
             "one of " + ", ".join(_FORMATS)
         )
-    payload = parse_json(await read_body(request, engine.settings.limits.max_body_bytes))
+    limit, timeout = engine.settings.limits.max_body_bytes, engine.settings.timeout
+    payload = parse_json(await read_body(request, limit, timeout))
     images, extra = extract_images(payload)
     params = query_params(request)
     params.update(extra)

@@ -91,7 +91,8 @@ def v2_router(engine: InferenceEngine) -> APIRouter:
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         check_model(engine, name, version)
         limits = engine.settings.limits
-        body = await read_body(request, max(limits.max_body_bytes, limits.max_v2_tensor_bytes))
+        limit = max(limits.max_body_bytes, limits.max_v2_tensor_bytes)
+        body = await read_body(request, limit, engine.settings.timeout)
         infer_request = parse_request(
             body,
             request.headers.get("inference-header-content-length"),
