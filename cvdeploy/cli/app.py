@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cvdeploy import __version__
 from cvdeploy.errors import CVDeployError
@@ -25,7 +26,7 @@ err_console = Console(stderr=True)
 
 
 def fail(error: BaseException) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {error}")
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}")
     return typer.Exit(code=2 if isinstance(error, CVDeployError) else 1)
 
 

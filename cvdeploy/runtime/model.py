@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import onnxruntime as ort
 
-from cvdeploy.errors import InferenceError, InvalidParameterError
+from cvdeploy.errors import InferenceError, InvalidImageError, InvalidParameterError
 from cvdeploy.runtime.images import as_rgb_array
 from cvdeploy.runtime.onnx import InputSpec, sanitise_error
 from cvdeploy.runtime.params import PredictParams
@@ -116,6 +116,11 @@ class Model:
 
     # --- the four stages ---------------------------------------------------------------------
 
+    @property
+    def channels(self) -> int:
+        """Colour channels of the model input (3 for RGB models)."""
+        return self._spec.channels
+
     def preprocess(self, image: np.ndarray) -> Prepared:
         """Resize and normalise one ``(H, W, 3)`` uint8 RGB image; ``meta`` maps results back.
 
@@ -123,6 +128,8 @@ class Model:
         """
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             image = as_rgb_array(image)
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise InvalidImageError(f"the image is empty ({image.shape[1]}x{image.shape[0]})")
         return self._task.preprocess(image)
 
     def prepare_tensor(self, tensor: np.ndarray) -> Prepared:

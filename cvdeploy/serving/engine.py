@@ -108,6 +108,9 @@ class InferenceEngine:
         self.stats = EngineStats()
         #: Milliseconds per image by batch size, measured at start-up (empty when not tuned).
         self.tuned_batch_sizes: dict[int, float] = {}
+        #: Most images per model call: the config's limit, or less for a fixed-batch model.
+        self.batch_limit = settings.batching.max_batch_size if settings.batching.enabled else 1
+        self._tuned = False
         self.image_limits = ImageLimits(
             max_bytes=settings.limits.max_body_bytes,
             max_pixels=settings.limits.max_image_pixels,
@@ -169,11 +172,17 @@ class InferenceEngine:
         return self._model
 
     def _tune(self, model: Model) -> None:
-        """Warm every batch size the batcher may use and pick the one it aims for."""
+        """Warm every batch size the batcher may use and pick the one it aims for (once)."""
+        if self._tuned:
+            return
+        self._tuned = True
         batching = self.settings.batching
+        # A model with a fixed batch dimension takes no more than that per call.
         limit = min(batching.max_batch_size, model.max_batch_size or batching.max_batch_size)
-        if not batching.enabled or limit <= 1 or not batching.tune_batch_size:
-            model.warmup(sorted({1, limit if batching.enabled else 1}))
+        self.batch_limit = limit if batching.enabled else 1
+        self.batcher.max_batch_size = self.batch_limit
+        if self.batch_limit <= 1 or not batching.tune_batch_size:
+            model.warmup(sorted({1, self.batch_limit}))
             return
         per_image = measure_per_image(model, candidate_sizes(limit))
         chosen = choose_batch_size(per_image)

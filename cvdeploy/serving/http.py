@@ -322,7 +322,7 @@ def _incoming_request_id(scope: Scope) -> str | None:
         if name == b"x-request-id":
             text: str = value.decode("latin-1")
             # Accept a caller's id only if it is short and printable: it ends up in logs.
-            if 0 < len(text) <= 128 and text.isprintable():
+            if 0 < len(text) <= 128 and text.isascii() and text.isprintable():
                 return text
     return None
 

@@ -113,6 +113,8 @@ class ModelServer:
             raise ModelLoadError(f"model file not found: {path}")
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
         self.host = host
         self.port = port
         self.workers = workers

@@ -131,12 +131,22 @@ class ThreadedServer:
     def start(self, timeout: float) -> int:
         """Start serving; returns the bound port once the app is ready."""
         self._thread.start()
+        try:
+            return self._wait_started(timeout)
+        except BaseException:
+            self.stop(timeout=5)  # never leave a half-started server holding the port
+            raise
+
+    def _wait_started(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if not self._thread.is_alive() or self._server.should_exit:
-                raise CVDeployError(
-                    f"the server failed to start: {self._error or 'see the log (port in use?)'}"
+                reason = (
+                    "see the log (port in use?)"
+                    if self._error is None or isinstance(self._error, SystemExit)
+                    else str(self._error)
                 )
+                raise CVDeployError(f"the server failed to start: {reason}")
             if time.monotonic() > deadline:
                 raise CVDeployError(f"the server did not start within {timeout:g} s")
             time.sleep(0.01)

@@ -62,7 +62,7 @@ class ServeSettings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["batching"] = self.batching.model_dump()
         data["limits"] = self.limits.model_dump()
-        return json.dumps(data)
+        return json.dumps(data, default=os.fspath)  # Path values (a labels file) as strings
 
     @classmethod
     def from_json(cls, text: str) -> ServeSettings:

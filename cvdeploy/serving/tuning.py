@@ -48,7 +48,12 @@ def measure_per_image(model: Model, sizes: list[int], repeats: int = 2) -> dict[
     height, width = model.input_size
     timings: dict[int, float] = {}
     for size in sizes:
-        shape = (size, 3, height, width) if model.layout == "NCHW" else (size, height, width, 3)
+        channels = model.channels
+        shape = (
+            (size, channels, height, width)
+            if model.layout == "NCHW"
+            else (size, height, width, channels)
+        )
         batch = np.zeros(shape, dtype=np.float32)
         model.infer(batch)  # first call at a new shape allocates; not timed
         best = float("inf")

@@ -197,3 +197,9 @@ def test_serve_settings_from_a_config_file_keep_model_defaults(tmp_path, classif
     from cvdeploy.serving.engine import InferenceEngine
 
     InferenceEngine(settings).load()  # the config's unset normalization must not break loading
+
+
+def test_brackets_in_a_path_are_printed_not_parsed_as_markup(tmp_path, red_png):
+    result = runner.invoke(app, ["predict", str(tmp_path / "x[/b].onnx"), str(red_png)])
+    assert result.exit_code == 2
+    assert "x[/b].onnx" in result.output

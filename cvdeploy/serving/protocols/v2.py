@@ -23,6 +23,7 @@ Request ``parameters`` may carry ``conf``, ``iou``, ``max_det`` and ``top_k``; T
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,8 @@ _PROTOCOL_PARAMETERS = frozenset(
     {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 )
 _EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
+#: Request bodies below this size are parsed on the event loop (cheaper than a thread hop).
+_PARSE_INLINE_BYTES = 256 * 1024
 
 
 def v2_router(engine: InferenceEngine) -> APIRouter:
@@ -91,23 +94,32 @@ def v2_router(engine: InferenceEngine) -> APIRouter:
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         check_model(engine, name, version)
         limits = engine.settings.limits
-        limit = max(limits.max_body_bytes, limits.max_v2_tensor_bytes)
+        header_length = request.headers.get("inference-header-content-length")
+        # Raw tensors may be larger than an image upload; a pure-JSON body may not (JSON
+        # tensors cost ~10x their size in memory to parse).
+        limit = limits.max_body_bytes
+        if header_length is not None:
+            limit = max(limit, limits.max_v2_tensor_bytes)
         body = await read_body(request, limit, engine.settings.timeout)
-        infer_request = parse_request(
-            body,
-            request.headers.get("inference-header-content-length"),
-            limits.max_v2_tensor_bytes,
-        )
+
+        def parse() -> InferRequest:
+            return parse_request(
+                body, header_length, limits.max_v2_tensor_bytes, limits.max_images_per_request
+            )
+
+        # Parsing megabytes of tensors would stall every other request on the event loop.
+        small = len(body) < _PARSE_INLINE_BYTES
+        infer_request = parse() if small else await asyncio.to_thread(parse)
         results = await _predict(engine, infer_request)
-        payload, header_length = encode_response(
+        payload, json_length = encode_response(
             engine.name, engine.version, results_to_outputs(results), infer_request
         )
-        if header_length is None:
+        if json_length is None:
             return Response(payload, media_type="application/json")
         return Response(
             payload,
             media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(header_length)},
+            headers={"Inference-Header-Content-Length": str(json_length)},
         )
 
     add = router.add_api_route
@@ -133,6 +145,8 @@ async def _predict(engine: InferenceEngine, request: InferRequest) -> list[Resul
     params = engine.params(overrides)
     timeout = _timeout_seconds(request.parameters.get("timeout"))
     tensor = request.inputs[0]
+    if not tensor.shape or tensor.shape[0] == 0:
+        raise InputError(f"input {tensor.name!r} holds no images (shape {list(tensor.shape)})")
     if tensor.datatype == "BYTES":
         if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise InputError(
@@ -291,7 +305,7 @@ def _model_config(engine: InferenceEngine) -> dict[str, Any]:
         "name": engine.name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
-        "max_batch_size": batching.max_batch_size if batching.enabled else 0,
+        "max_batch_size": engine.batch_limit if batching.enabled else 0,
         "input": [_config_tensor(s) for s in _input_specs(engine)],
         "output": [_config_tensor(s) for s in _output_specs(engine)],
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],

@@ -74,8 +74,17 @@ class OutputTensor:
     data: np.ndarray | list[bytes] = field(repr=False)
 
 
-def parse_request(body: bytes, header_length: str | None, max_tensor_bytes: int) -> InferRequest:
-    """Parse a v2 infer request body (JSON, or JSON + binary tensors)."""
+def parse_request(
+    body: bytes,
+    header_length: str | None,
+    max_tensor_bytes: int,
+    max_bytes_elements: int | None = None,
+) -> InferRequest:
+    """Parse a v2 infer request body (JSON, or JSON + binary tensors).
+
+    ``max_bytes_elements`` bounds the element count of a ``BYTES`` input (images per request):
+    it is checked from the declared shape, before any element is split or decoded.
+    """
     if header_length is not None:
         try:
             json_size = int(header_length)
@@ -108,7 +117,9 @@ def parse_request(body: bytes, header_length: str | None, max_tensor_bytes: int)
     offset = 0
     inputs = []
     for index, raw in enumerate(raw_inputs):
-        tensor, used = _parse_input(raw, index, binary[offset:], max_tensor_bytes)
+        tensor, used = _parse_input(
+            raw, index, binary[offset:], max_tensor_bytes, max_bytes_elements
+        )
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -140,7 +151,9 @@ def _requested_outputs(raw: object) -> dict[str, bool] | None:
     return wanted
 
 
-def _parse_input(raw: object, index: int, binary: memoryview, max_bytes: int) -> tuple[Tensor, int]:
+def _parse_input(
+    raw: object, index: int, binary: memoryview, max_bytes: int, max_elements: int | None
+) -> tuple[Tensor, int]:
     if not isinstance(raw, dict):
         raise InputError(f"inputs[{index}] must be a JSON object")
     name = raw.get("name")
@@ -161,6 +174,11 @@ def _parse_input(raw: object, index: int, binary: memoryview, max_bytes: int) ->
     ):
         raise InputError(f"{where}: 'shape' must be a non-empty list of non-negative integers")
     count = math.prod(shape)
+    if datatype == "BYTES" and max_elements is not None and count > max_elements:
+        raise PayloadTooLargeError(
+            f"{where}: shape {shape} holds {count} images; the limit is {max_elements} per "
+            "request (split the request, or raise limits.max_images_per_request)"
+        )
     params = raw.get("parameters") or {}
     binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
 
@@ -184,7 +202,7 @@ def _parse_input(raw: object, index: int, binary: memoryview, max_bytes: int) ->
     if "data" not in raw:
         raise InputError(f"{where} has neither 'data' nor a binary_data_size parameter")
     if datatype == "BYTES":
-        data = _json_bytes(raw["data"], count, where)
+        data = _json_bytes(raw["data"], count, where, len(shape))
     else:
         data = _json_array(raw["data"], DTYPES[datatype], shape, count, where, max_bytes)
     return Tensor(name, datatype, tuple(shape), data), 0
@@ -218,19 +236,26 @@ def _split_bytes(chunk: memoryview, count: int, where: str) -> list[bytes]:
     return items
 
 
-def _flatten(data: object) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    if data and isinstance(data[0], list):
+def _flatten(data: object, depth: int) -> list[Any]:
+    """Flatten nested lists up to ``depth`` levels (the tensor's rank), without recursion."""
+    items = data if isinstance(data, list) else [data]
+    for _ in range(depth):
+        if not any(isinstance(item, list) for item in items):
+            return items
         flat: list[Any] = []
-        for item in data:
-            flat.extend(_flatten(item))
-        return flat
-    return data
+        for item in items:
+            if isinstance(item, list):
+                flat.extend(item)
+            else:
+                flat.append(item)
+        items = flat
+    if any(isinstance(item, list) for item in items):
+        raise InputError("BYTES data is nested deeper than the tensor's shape")
+    return items
 
 
-def _json_bytes(data: object, count: int, where: str) -> list[bytes]:
-    items = _flatten(data)
+def _json_bytes(data: object, count: int, where: str, rank: int) -> list[bytes]:
+    items = _flatten(data, rank)
     if len(items) != count:
         raise InputError(f"{where}: shape holds {count} elements but {len(items)} were sent")
     # JSON cannot carry raw bytes, so encoded images travel as base64 strings.
