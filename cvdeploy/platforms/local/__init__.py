@@ -1,0 +1,17 @@
+"""The local platform: endpoints served by replica processes on this machine.
+
+The autoscaler is a pure policy, ``decide(policy, snapshot, state, now)``, so the platform's
+control loop owns the clock and the replicas, and the policy is tested with a fake clock.
+"""
+
+from __future__ import annotations
+
+from cvdeploy.platforms.local.autoscaler import (
+    AutoscalingPolicy,
+    Decision,
+    ScalingSnapshot,
+    ScalingState,
+    decide,
+)
+
+__all__ = ["AutoscalingPolicy", "Decision", "ScalingSnapshot", "ScalingState", "decide"]
