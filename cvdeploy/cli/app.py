@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cvdeploy import __version__
+from cvdeploy.cli.models import models_app
 from cvdeploy.errors import CVDeployError
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True)
 
