@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from cvdeploy._version import __version__
 from cvdeploy.errors import (
     ConfigError,
+    ConflictError,
     CVDeployError,
     DeadlineExceededError,
     InferenceError,
@@ -23,6 +24,9 @@ from cvdeploy.errors import (
     NotAvailableError,
     OverloadedError,
     PayloadTooLargeError,
+    PermissionDeniedError,
+    RequestTimeoutError,
+    UnauthenticatedError,
     UnsupportedMediaTypeError,
 )
 
@@ -43,6 +47,7 @@ __all__ = [
     "ClassificationResult",
     "Config",
     "ConfigError",
+    "ConflictError",
     "DeadlineExceededError",
     "Detection",
     "DetectionResult",
@@ -57,7 +62,10 @@ __all__ = [
     "NotAvailableError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "PredictParams",
+    "RequestTimeoutError",
+    "UnauthenticatedError",
     "UnsupportedMediaTypeError",
     "__version__",
     "load_model",

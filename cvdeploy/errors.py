@@ -14,6 +14,9 @@ maps to, so the servers need exactly one error handler::
     │   ├── RequestTimeoutError (408)   the body did not arrive in time (slow or stalled client)
     │   ├── UnsupportedMediaTypeError (415)
     │   └── ModelNotFoundError (404)
+    ├── UnauthenticatedError (401)      missing, unknown or revoked token
+    ├── PermissionDeniedError (403)     a token without the scope the action needs
+    ├── ConflictError (409)             busy resource, e.g. an update already in progress
     ├── OverloadedError (503)           queue full; carries ``retry_after`` seconds
     ├── DeadlineExceededError (504)     the request's deadline passed before it ran
     └── InferenceError (500)            the model failed while running; details go to the log
@@ -28,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "CVDeployError",
     "ConfigError",
+    "ConflictError",
     "DeadlineExceededError",
     "InferenceError",
     "InputError",
@@ -38,7 +42,9 @@ __all__ = [
     "NotAvailableError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "RequestTimeoutError",
+    "UnauthenticatedError",
     "UnsupportedMediaTypeError",
 ]
 
@@ -105,6 +111,23 @@ class UnsupportedMediaTypeError(InputError):
 class ModelNotFoundError(InputError):
     status_code = 404
     error_code = "RESOURCE_DOES_NOT_EXIST"
+
+
+class UnauthenticatedError(CVDeployError):
+    status_code = 401
+    error_code = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(CVDeployError):
+    status_code = 403
+    error_code = "PERMISSION_DENIED"
+
+
+class ConflictError(CVDeployError):
+    """The resource is busy, e.g. a config update is already in progress (HTTP 409)."""
+
+    status_code = 409
+    error_code = "RESOURCE_CONFLICT"
 
 
 class OverloadedError(CVDeployError):

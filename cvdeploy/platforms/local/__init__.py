@@ -13,5 +13,18 @@ from cvdeploy.platforms.local.autoscaler import (
     ScalingState,
     decide,
 )
+from cvdeploy.platforms.local.records import AuditEntry, EndpointRecord, Revision, TokenInfo
+from cvdeploy.platforms.local.state import PlatformState
 
-__all__ = ["AutoscalingPolicy", "Decision", "ScalingSnapshot", "ScalingState", "decide"]
+__all__ = [
+    "AuditEntry",
+    "AutoscalingPolicy",
+    "Decision",
+    "EndpointRecord",
+    "PlatformState",
+    "Revision",
+    "ScalingSnapshot",
+    "ScalingState",
+    "TokenInfo",
+    "decide",
+]
