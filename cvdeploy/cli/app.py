@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from cvdeploy import __version__
+from cvdeploy.cli.admin import audit, backup, restore
 from cvdeploy.cli.models import models_app
+from cvdeploy.cli.output import console, err_console, fail
+from cvdeploy.cli.tokens import tokens_app
 from cvdeploy.errors import CVDeployError
 
 app = typer.Typer(
@@ -23,13 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(error: BaseException) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(str(error))}")
-    return typer.Exit(code=2 if isinstance(error, CVDeployError) else 1)
+app.add_typer(tokens_app, name="tokens")
 
 
 @app.command()
@@ -161,3 +156,9 @@ def demo(
         run_demo(console, port=port, keep_serving=serve_after)
     except CVDeployError as exc:
         raise fail(exc) from None
+
+
+# Operating the platform state (cvdeploy/cli/admin.py); listed after the serving commands.
+app.command()(audit)
+app.command()(backup)
+app.command()(restore)

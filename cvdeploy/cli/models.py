@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cvdeploy.cli.output import JsonOption, console, fail, print_json
 from cvdeploy.errors import CVDeployError
 
 if TYPE_CHECKING:
@@ -24,8 +23,6 @@ models_app = typer.Typer(
     help="Register, list, inspect, alias and delete model versions (MLflow Model Registry).",
     no_args_is_help=True,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 UriOption = Annotated[
     str | None,
@@ -35,22 +32,12 @@ UriOption = Annotated[
         help="MLflow registry URI [SQLite file in $CVDEPLOY_HOME].",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
 def _registry(uri: str | None) -> Registry:
     from cvdeploy.registry import Registry
 
     return Registry(uri)
-
-
-def _fail(error: BaseException) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(str(error))}")
-    return typer.Exit(code=2 if isinstance(error, CVDeployError) else 1)
-
-
-def _print_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _when(ms: int) -> str:
@@ -108,9 +95,9 @@ def register(
             description=description,
         )
     except CVDeployError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if as_json:
-        _print_json(version.to_dict())
+        print_json(version.to_dict())
         return
     console.print(
         f"registered [bold]{escape(name)}[/] version {version.version} "
@@ -124,9 +111,9 @@ def list_models(uri: UriOption = None, as_json: JsonOption = False) -> None:
     try:
         models = _registry(uri).list_models()
     except CVDeployError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if as_json:
-        _print_json([m.to_dict() for m in models])
+        print_json([m.to_dict() for m in models])
         return
     table = Table(title=f"{len(models)} registered model(s)", title_justify="left")
     for column in ("name", "latest", "aliases", "updated (UTC)"):
@@ -152,16 +139,16 @@ def show(
         if version is None:
             versions = registry.versions(name)
             if as_json:
-                _print_json([v.to_dict() for v in versions])
+                print_json([v.to_dict() for v in versions])
             else:
                 console.print(_versions_table(name, versions))
             return
         found = registry.get_version(name, version)
         card = registry.card(name, found.version)
     except CVDeployError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if as_json:
-        _print_json({**found.to_dict(), "card": json.loads(card.to_json())})
+        print_json({**found.to_dict(), "card": json.loads(card.to_json())})
         return
     console.print(_versions_table(name, [found]))
     console.print(
@@ -184,9 +171,9 @@ def alias(
     try:
         found = _registry(uri).set_alias(name, alias_name, version)
     except CVDeployError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if as_json:
-        _print_json(found.to_dict())
+        print_json(found.to_dict())
         return
     console.print(f"{escape(name)}@{escape(alias_name)} -> version {found.version}")
 
@@ -208,8 +195,8 @@ def delete(
         else:
             registry.delete_version(name, version)
     except CVDeployError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if as_json:
-        _print_json({"name": name, "version": version, "deleted": True})
+        print_json({"name": name, "version": version, "deleted": True})
         return
     console.print(f"deleted {escape(name)}" + (f" version {escape(version)}" if version else ""))
