@@ -14,7 +14,6 @@ the archive comes from another ``$CVDEPLOY_HOME`` they are rewritten to the new 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cvdeploy import __version__
+from cvdeploy._hashing import file_sha256
 from cvdeploy.cli.output import console, err_console, fail, print_json, when
 from cvdeploy.errors import ConfigError, CVDeployError
 from cvdeploy.registry.paths import cvdeploy_home
@@ -111,14 +111,6 @@ def audit(
 # -- backup ------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _sqlite_copy(src: Path, dest: Path) -> None:
     # The online backup API gives a consistent snapshot even while another process writes.
     with (
@@ -182,7 +174,7 @@ def create_backup(dest: Path, home: Path, max_bytes: int) -> dict[str, Any]:
             "cvdeploy_version": __version__,
             "artifacts_dir": str((home / ARTIFACTS).resolve()),
             "files": [
-                {"path": name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+                {"path": name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
                 for name, path in files
             ],
         }
@@ -270,7 +262,7 @@ def _extract(src: Path, into: Path) -> dict[str, Any]:
     if found != set(listed):
         raise ConfigError(f"{src}: the files do not match {MANIFEST}; the archive is damaged")
     for name, entry in listed.items():
-        if _sha256(into / name) != entry["sha256"]:
+        if file_sha256(into / name) != entry["sha256"]:
             raise ConfigError(f"{src}: {name} does not match its sha256; the archive is damaged")
     return manifest
 

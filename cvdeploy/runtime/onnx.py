@@ -6,7 +6,6 @@ never do (they may travel in an HTTP response), see :mod:`cvdeploy.runtime.model
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import onnxruntime as ort
 
+from cvdeploy._hashing import file_sha256
 from cvdeploy.errors import ModelLoadError
 
 __all__ = [
@@ -170,14 +170,6 @@ def output_shapes(session: ort.InferenceSession) -> list[tuple[int, ...]] | None
             return None
         shapes.append((1, *rest))
     return shapes
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sanitise_error(exc: BaseException) -> str:

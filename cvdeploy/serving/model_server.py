@@ -22,7 +22,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from cvdeploy.config import BatchingConfig, LimitsConfig, ScalingConfig, validate_section
+from cvdeploy.config import ScalingConfig, validate_section
 from cvdeploy.errors import ConfigError, InputError, ModelLoadError, NotAvailableError
 from cvdeploy.runtime import (
     ImageLimits,
@@ -119,8 +119,7 @@ class ModelServer:
         self.port = port
         self.workers = workers
         # The same validation (and messages) as the config file's sections.
-        batching = validate_section(BatchingConfig, batching, name="batching").model_dump()
-        limits = validate_section(LimitsConfig, limits, name="limits").model_dump()
+        # batching and limits are validated by ServeSettings.create, with the same messages.
         self.scaling = validate_section(ScalingConfig, scaling, name="scaling").model_dump()
         self.workspace_url = workspace_url
         self.model_version = model_version
