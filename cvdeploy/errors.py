@@ -18,6 +18,7 @@ maps to, so the servers need exactly one error handler::
     ├── PermissionDeniedError (403)     a token without the scope the action needs
     ├── ConflictError (409)             busy resource, e.g. an update already in progress
     ├── OverloadedError (503)           queue full; carries ``retry_after`` seconds
+    │   └── RateLimitedError (429)      an endpoint's rate limit is used up
     ├── DeadlineExceededError (504)     the request's deadline passed before it ran
     └── InferenceError (500)            the model failed while running; details go to the log
 
@@ -43,6 +44,7 @@ __all__ = [
     "OverloadedError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "RequestTimeoutError",
     "UnauthenticatedError",
     "UnsupportedMediaTypeError",
@@ -137,6 +139,13 @@ class OverloadedError(CVDeployError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimitedError(OverloadedError):
+    """Too many requests for the endpoint's rate limit (HTTP 429, Databricks' code)."""
+
+    status_code = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
 
 
 class DeadlineExceededError(CVDeployError):

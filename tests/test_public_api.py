@@ -28,6 +28,7 @@ EXPECTED = {
     "OverloadedError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "PredictParams",
     "RequestTimeoutError",
     "UnauthenticatedError",

@@ -11,8 +11,10 @@ import typer
 
 from cvdeploy import __version__
 from cvdeploy.cli.admin import audit, backup, restore
+from cvdeploy.cli.endpoints import endpoints_app
 from cvdeploy.cli.models import models_app
 from cvdeploy.cli.output import console, err_console, fail
+from cvdeploy.cli.platform import down, up
 from cvdeploy.cli.tokens import tokens_app
 from cvdeploy.errors import CVDeployError
 
@@ -25,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(endpoints_app, name="endpoints")
 
 
 @app.command()
@@ -157,6 +160,10 @@ def demo(
     except CVDeployError as exc:
         raise fail(exc) from None
 
+
+# The local platform (cvdeploy/cli/platform.py).
+app.command()(up)
+app.command()(down)
 
 # Operating the platform state (cvdeploy/cli/admin.py); listed after the serving commands.
 app.command()(audit)

@@ -54,6 +54,7 @@ __all__ = [
     "EndpointState",
     "PermissionDeniedError",
     "Platform",
+    "RateLimit",
     "Route",
     "ServedEntity",
     "TrafficConfig",
@@ -107,6 +108,11 @@ class ServedEntity(_Spec):
     )
     batching: dict[str, Any] | None = Field(
         default=None, description="Dynamic batching, as the config's `batching` section."
+    )
+    instance_type: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Sets each replica's threads and memory limit (docs/platform.md's table).",
     )
 
     @field_validator("entity_version", mode="before")
@@ -193,6 +199,22 @@ class TrafficConfig(_Spec):
         return self
 
 
+class RateLimit(_Spec):
+    """A request budget for the endpoint (Databricks ``rate_limits[]``); over it -> 429."""
+
+    calls: int = Field(ge=1, le=10_000_000, description="Requests allowed per renewal period.")
+    renewal_period: Literal["second", "minute"] = Field(
+        default="minute", description="The period the budget renews over."
+    )
+    key: Literal["endpoint"] = Field(
+        default="endpoint", description="What the budget is counted per (the whole endpoint)."
+    )
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 if self.renewal_period == "second" else 60.0
+
+
 class EndpointCoreConfig(_Spec):
     """The body of ``PUT /api/2.0/serving-endpoints/{name}/config`` (and ``config`` on create)."""
 
@@ -200,6 +222,22 @@ class EndpointCoreConfig(_Spec):
     traffic_config: TrafficConfig | None = Field(
         default=None, description="Optional with one served entity (it gets 100%)."
     )
+    # cvdeploy extensions, kept in the config so every revision (and a rollback) carries them.
+    fallback_served_entity: str | None = Field(
+        default=None,
+        description="Served entity that takes requests while a routed one has no healthy replica.",
+    )
+    rate_limits: list[RateLimit] = Field(
+        default_factory=list, max_length=1, description="Endpoint request budget (429 over it)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_repeated_name(cls, data: Any) -> Any:
+        # Databricks' EndpointCoreConfigInput repeats the endpoint's name inside the config.
+        if isinstance(data, Mapping) and "name" in data:
+            data = {k: v for k, v in data.items() if k != "name"}
+        return data
 
     @model_validator(mode="after")
     def _routes_match_entities(self) -> EndpointCoreConfig:
@@ -218,6 +256,7 @@ class EndpointCoreConfig(_Spec):
                 )
             only = Route(served_model_name=names[0], traffic_percentage=100)
             object.__setattr__(self, "traffic_config", TrafficConfig(routes=[only]))
+            self._check_fallback(names)
             return self
         for route in self.traffic_config.routes:
             if route.served_model_name not in names:
@@ -225,7 +264,15 @@ class EndpointCoreConfig(_Spec):
                     f"route names '{route.served_model_name}' but served entities are: "
                     f"{', '.join(names)}"
                 )
+        self._check_fallback(names)
         return self
+
+    def _check_fallback(self, names: list[str]) -> None:
+        if self.fallback_served_entity is not None and self.fallback_served_entity not in names:
+            raise _problem(
+                f"fallback_served_entity names '{self.fallback_served_entity}' but served "
+                f"entities are: {', '.join(names)}"
+            )
 
     @property
     def routes(self) -> list[Route]:
@@ -247,6 +294,19 @@ class EndpointSpec(_Spec):
 
     name: str = Field(pattern=_NAME_PATTERN, description="Letters, digits, '-' and '_'.")
     config: EndpointCoreConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rate_limits_into_config(cls, data: Any) -> Any:
+        # Databricks takes rate_limits beside config on create; cvdeploy keeps them in the
+        # config so each revision (and a rollback) carries its own.
+        if isinstance(data, Mapping) and "rate_limits" in data:
+            data = dict(data)
+            limits = data.pop("rate_limits")
+            config = data.get("config")
+            if isinstance(config, Mapping) and limits:
+                data["config"] = {**config, "rate_limits": limits}
+        return data
 
     @classmethod
     def parse(cls, data: Any) -> EndpointSpec:

@@ -60,11 +60,13 @@ class JSONResponse(Response):
 
 
 def error_response(error: CVDeployError, request_id: str | None = None) -> JSONResponse:
-    """The one error body: ``{"error": message, "error_code": ..., "request_id": ...}``.
+    """The one error body: ``{"error": message, "error_code": ..., "message": ..., "request_id"}``.
 
-    ``error_code`` follows Databricks' names so ``databricks-sdk`` maps it to its exceptions.
+    ``error_code`` and ``message`` follow Databricks' error JSON so ``databricks-sdk`` maps the
+    response to its exceptions with the text; ``error`` is what MLflow's scoring server sends.
     """
-    body: dict[str, Any] = {"error": error.public_message(), "error_code": error.error_code}
+    text = error.public_message()
+    body: dict[str, Any] = {"error": text, "error_code": error.error_code, "message": text}
     if request_id:
         body["request_id"] = request_id
     headers: dict[str, str] = {}

@@ -7,8 +7,8 @@ The signature is fixed by DESIGN's "Decisions" so later layers never break it::
                 token=None, model_name=None, model_version="1", **options)
 
 File mode (seed 000) serves ``model_path`` over HTTP and predicts in-process. Registry mode
-(seed 001, ``model_name=...``) manages endpoints; it arrives with the registry and fails loudly
-until then.
+(seed 001, ``model_name=...``) manages endpoints of registered versions on a platform: the one at
+``workspace_url``, or the embedded local platform, started on demand as a daemon.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
 from cvdeploy.config import ScalingConfig, validate_section
-from cvdeploy.errors import ConfigError, InputError, ModelLoadError, NotAvailableError
+from cvdeploy.errors import ConfigError, InputError, ModelLoadError
 from cvdeploy.runtime import (
     ImageLimits,
     Model,
@@ -48,6 +48,9 @@ _MODEL_OPTIONS = frozenset(
     {"labels", "input_size", "providers", "conf", "iou", "max_det", "top_k", "normalization",
      "warmup", "output_layout", "inter_op_threads", "intra_op_spinning"}
 )  # fmt: skip
+
+if TYPE_CHECKING:
+    from cvdeploy.platforms.endpoints import EndpointManager
 
 ImageLike = Any  # numpy array, PIL image, path, bytes, or a torch tensor
 
@@ -101,11 +104,18 @@ class ModelServer:
                 "give exactly one of model_path (serve a file) and model_name (serve a "
                 "registered model); got " + ("both" if model_path is not None else "neither")
             )
+        self.scaling = validate_section(ScalingConfig, scaling, name="scaling").model_dump()
+        self.host = host
+        self.port = port
+        self.workers = workers
+        self._server: ThreadedServer | ProcessServer | None = None
+        self.workspace_url = workspace_url
+        self.model_version = str(model_version)
+        self.model_name = model_name
+        self._endpoints: EndpointManager | None = None
         if model_name is not None:
-            raise NotAvailableError(
-                "registry mode (ModelServer(model_name=..., workspace_url=...)) is not available "
-                "in this build yet; serve a file with ModelServer(model_path=...) meanwhile"
-            )
+            self._init_registry_mode(model_name, workspace_url, token, timeout, options)
+            return
         path = Path(os.fspath(model_path))  # type: ignore[arg-type]
         if path.is_dir():
             raise ModelLoadError(f"{path} is a directory; give the path of an .onnx model file")
@@ -115,14 +125,7 @@ class ModelServer:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if not timeout > 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
-        self.host = host
-        self.port = port
-        self.workers = workers
-        # The same validation (and messages) as the config file's sections.
-        # batching and limits are validated by ServeSettings.create, with the same messages.
-        self.scaling = validate_section(ScalingConfig, scaling, name="scaling").model_dump()
-        self.workspace_url = workspace_url
-        self.model_version = model_version
+        # batching and limits are validated by ServeSettings.create, with the config's messages.
         server_options = {k: options.pop(k) for k in _SERVER_OPTIONS if k in options}
         self._log_level = str(server_options.pop("log_level", "info"))
         self._access_log = bool(server_options.pop("access_log", True))
@@ -142,13 +145,89 @@ class ModelServer:
             model_options=model_options,
         )
         self._model: Model | None = None
-        self._server: ThreadedServer | ProcessServer | None = None
+
+    def _init_registry_mode(
+        self,
+        model_name: str,
+        workspace_url: str | None,
+        token: str | None,
+        timeout: float,
+        options: dict[str, Any],
+    ) -> None:
+        from cvdeploy.platforms.endpoints import EndpointManager
+
+        if options:
+            raise ConfigError(
+                "options such as " + ", ".join(sorted(options)) + " apply to serving a file; in "
+                "registry mode the endpoint's config sets how replicas run"
+            )
+        self._endpoints = EndpointManager(
+            model_name,
+            self.model_version,
+            workspace_url=workspace_url,
+            token=token,
+            timeout=max(float(timeout), 600.0),
+        )
+
+    # -- registry mode (seed 001) ------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> EndpointManager:
+        """The endpoint manager of registry mode; a ConfigError in file mode."""
+        if self._endpoints is None:
+            raise ConfigError(
+                "endpoint management needs registry mode: ModelServer(model_name=..., "
+                "model_version=...); this server serves a file"
+            )
+        return self._endpoints
+
+    def create_endpoint(
+        self,
+        endpoint_name: str,
+        instance_type: str | None = None,
+        min_instances: int | None = None,
+        max_instances: int | None = None,
+        scale_to_zero: bool | None = None,
+    ) -> str:
+        """Serve ``model_name`` version ``model_version`` at ``endpoint_name``; waits until ready.
+
+        Defaults come from the config's ``deployment.endpoint`` section (Standard_DS3_v2, 1-5
+        instances, scale to zero). Returns the endpoint name.
+        """
+        return self.endpoints.create_endpoint(
+            endpoint_name, instance_type, min_instances, max_instances, scale_to_zero
+        )
+
+    def update_endpoint(
+        self, endpoint_name: str, new_model_version: str | int, traffic_percentage: int = 100
+    ) -> None:
+        """Serve ``new_model_version`` with ``traffic_percentage`` percent of the traffic."""
+        self.endpoints.update_endpoint(endpoint_name, new_model_version, traffic_percentage)
+
+    def monitor_endpoint(self, endpoint_name: str) -> dict[str, Any]:
+        """State, versions, replicas, traffic, p50/p95/p99 latency, throughput, error rate."""
+        return self.endpoints.monitor_endpoint(endpoint_name)
+
+    def rollback_endpoint(self, endpoint_name: str, to_revision: int | None = None) -> None:
+        """Re-apply the endpoint's previous config revision (or ``to_revision``)."""
+        self.endpoints.rollback_endpoint(endpoint_name, to_revision)
+
+    def delete_endpoint(self, endpoint_name: str) -> None:
+        self.endpoints.delete_endpoint(endpoint_name)
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    def _file_mode(self, what: str) -> None:
+        if self._endpoints is not None:
+            raise ConfigError(
+                f"{what} serves a model file; in registry mode use create_endpoint / "
+                "predict(x, endpoint_name=...)"
+            )
 
     @property
     def model(self) -> Model:
         """The model, loaded (and warmed) on first use."""
+        self._file_mode("ModelServer.model")
         if self._model is None:
             s = self.settings
             options = dict(s.model_options)
@@ -160,6 +239,8 @@ class ModelServer:
 
     @property
     def name(self) -> str:
+        if self._endpoints is not None:
+            return self._endpoints.model_name
         return self.settings.model_name
 
     @property
@@ -173,6 +254,7 @@ class ModelServer:
 
     def start(self, timeout: float = 120.0) -> ModelServer:
         """Start serving over HTTP and return once the model is ready (non-blocking)."""
+        self._file_mode("start()")
         if self._server is not None:
             return self
         if self.port == 0:
@@ -190,6 +272,7 @@ class ModelServer:
 
     def serve(self) -> None:
         """Serve in the foreground until interrupted (Ctrl-C or SIGTERM)."""
+        self._file_mode("serve()")
         from cvdeploy.serving.runner import serve_forever
 
         serve_forever(self.settings, self.host, self.port, self._log_level)
@@ -212,6 +295,8 @@ class ModelServer:
         self.stop()
 
     def __repr__(self) -> str:
+        if self._endpoints is not None:
+            return f"ModelServer(model_name={self.name!r}, version={self.model_version!r})"
         state = f"serving at {self.url}" if self.running else "stopped"
         return f"ModelServer({self.name!r}, {state})"
 
@@ -232,7 +317,13 @@ class ModelServer:
         bytes) or a batch (a list of those, an NHWC uint8 array or an NCHW float tensor).
         One image gives one result; a batch gives a list. ``params`` override ``conf``,
         ``iou``, ``max_det`` and ``top_k`` for this call.
+
+        In registry mode the images go to ``endpoint_name`` (default: the endpoint this object
+        last created or updated) and the answer is the endpoint's JSON prediction per image.
         """
+        if self._endpoints is not None:
+            endpoint = params.pop("endpoint_name", None)
+            return self._endpoints.predict(x, endpoint, **params)  # type: ignore[return-value]
         model = self.model
         merged: PredictParams = (
             model.default_params.merged(params) if params else (model.default_params)

@@ -118,9 +118,26 @@ def test_exactly_one_source_is_required(classifier_path):
         ModelServer(model_path=classifier_path, model_name="cv_model")
 
 
-def test_registry_mode_fails_loudly_until_it_exists():
-    with pytest.raises(NotAvailableError, match="not available"):
-        ModelServer(workspace_url="http://127.0.0.1:8080", token="t", model_name="cv_model")
+def test_registry_mode_is_lazy_and_keeps_the_modes_apart(classifier_path):
+    # Construction contacts nothing: the platform is reached on the first endpoint call.
+    server = ModelServer(workspace_url="http://127.0.0.1:9", token="t", model_name="cv_model")
+    assert server.name == "cv_model"
+    assert server.model_version == "1"
+    with pytest.raises(ConfigError, match="registry mode"):
+        server.start()
+    with pytest.raises(ConfigError, match="apply to serving a file"):
+        ModelServer(model_name="cv_model", conf=0.5)
+    with pytest.raises(ConfigError, match="registry mode"):
+        ModelServer("classification", classifier_path).create_endpoint("e")
+
+
+def test_a_databricks_workspace_fails_loudly_until_its_backend_exists():
+    with pytest.raises(NotAvailableError, match="Databricks backend"):
+        ModelServer(
+            workspace_url="https://your-workspace.cloud.databricks.com",
+            token="t",
+            model_name="cv_model",
+        )
 
 
 def test_missing_model_file_is_named(tmp_path):

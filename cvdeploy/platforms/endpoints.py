@@ -1,0 +1,281 @@
+"""Seed 001's endpoint management behind ``ModelServer(model_name=...)``.
+
+:class:`EndpointManager` turns the seed's calls into Databricks-shaped requests to a platform:
+the one at ``workspace_url``, or, with none given, the embedded local platform, started on
+demand as a detached daemon that outlives the script (DESIGN "Decisions").
+
+``create_endpoint`` on a name that already exists switches that endpoint to this model version
+(like ``kubectl apply``), so a script that creates its endpoint can be run again.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from cvdeploy.config import Config
+from cvdeploy.errors import DeadlineExceededError, InputError, NotAvailableError
+from cvdeploy.platforms.base import EndpointInfo, EndpointNotFoundError, EndpointSpec
+from cvdeploy.platforms.client import PlatformClient
+from cvdeploy.platforms.instance_types import lookup
+from cvdeploy.platforms.traffic import entity_name_for, next_config
+
+__all__ = ["EndpointManager", "is_databricks_host"]
+
+_DATABRICKS_SUFFIXES = (".cloud.databricks.com", ".azuredatabricks.net", ".gcp.databricks.com")
+
+
+def is_databricks_host(url: str) -> bool:
+    host = urlparse(url if "://" in url else f"https://{url}").hostname or ""
+    return host.endswith(_DATABRICKS_SUFFIXES)
+
+
+class EndpointManager:
+    """Create, update, watch, roll back and query endpoints serving one registered model.
+
+    Args:
+        model_name: The registered model the endpoints serve.
+        model_version: The version ``create_endpoint`` serves.
+        workspace_url: The platform's base URL; None starts (or finds) the local daemon.
+        token: Bearer token for the platform.
+        config: Defaults for ``create_endpoint`` (the ``deployment.endpoint`` section).
+        timeout: Seconds to wait for an endpoint to become ready.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str = "1",
+        *,
+        workspace_url: str | None = None,
+        token: str | None = None,
+        config: Config | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        if workspace_url is not None and is_databricks_host(workspace_url):
+            raise NotAvailableError(
+                f"{workspace_url} is a Databricks workspace; the Databricks backend is not in "
+                "this build yet. Leave workspace_url out to use the local platform, or give the "
+                "URL of a running `cvdeploy up`"
+            )
+        self.model_name = model_name
+        self.model_version = str(model_version)
+        self.workspace_url = workspace_url
+        self.token = token
+        self.timeout = timeout
+        self._config = config
+        self._client: PlatformClient | None = None
+        self.last_endpoint: str | None = None
+
+    @property
+    def client(self) -> PlatformClient:
+        if self._client is None:
+            url = self.workspace_url
+            if url is None:
+                from cvdeploy.platforms.local.daemon import ensure_running
+
+                # CVDEPLOY_PORT moves the embedded platform off 8080 (tests, busy machines).
+                url = ensure_running(port=int(os.environ.get("CVDEPLOY_PORT", "8080")))
+            self._client = PlatformClient(url, self.token)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- the seed's methods -------------------------------------------------------------------
+
+    def create_endpoint(
+        self,
+        endpoint_name: str,
+        instance_type: str | None = None,
+        min_instances: int | None = None,
+        max_instances: int | None = None,
+        scale_to_zero: bool | None = None,
+    ) -> str:
+        """Serve this model version at ``endpoint_name`` and wait until it is ready.
+
+        Defaults come from the config's ``deployment.endpoint`` section (the seed's values:
+        Standard_DS3_v2, 1 to 5 instances, scale to zero).
+        """
+        defaults = (self._config or Config()).deployment.endpoint
+        instance = lookup(instance_type or defaults.instance_type)
+        low = defaults.min_instances if min_instances is None else min_instances
+        high = defaults.max_instances if max_instances is None else max_instances
+        to_zero = defaults.scale_to_zero if scale_to_zero is None else scale_to_zero
+        entity = {
+            "entity_name": self.model_name,
+            "entity_version": self.model_version,
+            "workload_type": instance.workload_type,
+            "workload_size": instance.workload_size,
+            "instance_type": instance.name,
+            "scale_to_zero_enabled": bool(to_zero),
+            "min_replicas": low,
+            "max_replicas": high,
+        }
+        spec = EndpointSpec.parse({"name": endpoint_name, "config": {"served_entities": [entity]}})
+        try:
+            self.client.create_endpoint(spec)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                raise
+            self.client.update_config(endpoint_name, spec.config)
+        self._wait(endpoint_name, f"starting endpoint '{endpoint_name}'")
+        self.last_endpoint = endpoint_name
+        return endpoint_name
+
+    def update_endpoint(
+        self, endpoint_name: str, new_model_version: str | int, traffic_percentage: int = 100
+    ) -> None:
+        """Give ``new_model_version`` ``traffic_percentage`` percent; under 100 the version
+        serving most of the traffic keeps the rest (a canary)."""
+        current = self.client.get_endpoint(endpoint_name)
+        if current.config is None:
+            raise EndpointNotFoundError(
+                f"endpoint '{endpoint_name}' has never served a config; wait for its creation"
+            )
+        config = next_config(
+            current.config, self.model_name, str(new_model_version), traffic_percentage
+        )
+        self.client.update_config(endpoint_name, config)
+        self._wait(endpoint_name, f"switching '{endpoint_name}' to version {new_model_version}")
+        self.last_endpoint = endpoint_name
+
+    def monitor_endpoint(self, endpoint_name: str, window_s: float = 60.0) -> dict[str, Any]:
+        """State, versions, replicas, traffic, latency, throughput and error rate.
+
+        Latency is in milliseconds and ``error_rate`` a fraction (DESIGN "Decisions"); figures
+        cover the last ``window_s`` seconds (at most 300).
+        """
+        stats = self.client.stats(endpoint_name)
+        versions: dict[str, Any] = {}
+        for name, entity in stats.get("served_entities", {}).items():
+            window = entity.get("last_minute", {})
+            versions[name] = {
+                "model": entity.get("model"),
+                "version": entity.get("version"),
+                "traffic_percentage": entity.get("traffic_percentage"),
+                "replicas": entity.get("ready_replicas", 0),
+                "requests": window.get("requests", 0),
+                "throughput_rps": window.get("throughput_rps", 0.0),
+                "error_rate": window.get("error_rate", 0.0),
+                "latency_ms": window.get("latency_ms"),
+                "autoscaler": entity.get("autoscaler"),
+            }
+        overall = stats.get("overall", {})
+        state = stats.get("state", {})
+        return {
+            "endpoint": endpoint_name,
+            "state": state.get("ready"),
+            "config_update": state.get("config_update"),
+            "revision": stats.get("revision"),
+            "window_s": overall.get("window_s", window_s),
+            "requests": overall.get("requests", 0),
+            "throughput_rps": overall.get("throughput_rps", 0.0),
+            "error_rate": overall.get("error_rate", 0.0),
+            "latency_ms": overall.get("latency_ms"),
+            "replicas": sum(v["replicas"] for v in versions.values()),
+            "traffic": {n: v["traffic_percentage"] for n, v in versions.items()},
+            "versions": versions,
+        }
+
+    def rollback_endpoint(self, endpoint_name: str, to_revision: int | None = None) -> None:
+        """Re-apply the previous revision (or ``to_revision``) and wait until it serves."""
+        self.client.rollback(endpoint_name, to_revision)
+        self._wait(endpoint_name, f"rolling back '{endpoint_name}'")
+        self.last_endpoint = endpoint_name
+
+    def delete_endpoint(self, endpoint_name: str) -> None:
+        self.client.delete_endpoint(endpoint_name)
+        if self.last_endpoint == endpoint_name:
+            self.last_endpoint = None
+
+    def get_endpoint(self, endpoint_name: str) -> EndpointInfo:
+        return self.client.get_endpoint(endpoint_name)
+
+    def predict(
+        self, x: Any, endpoint_name: str | None = None, **params: Any
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Score images on the endpoint this object last created or updated (or the named one).
+
+        ``x`` is one image (path, encoded bytes, HWC uint8 array or PIL image) or a list; one
+        image gives one prediction dict, a list gives a list.
+        """
+        name = endpoint_name or self.last_endpoint
+        if name is None:
+            raise InputError(
+                "no endpoint to query: call create_endpoint first, or pass endpoint_name"
+            )
+        single = not isinstance(x, (list, tuple))
+        images = [_encode(item) for item in ([x] if single else list(x))]
+        predictions = self.client.predict_images(name, images, params or None)["predictions"]
+        return predictions[0] if single else list(predictions)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _wait(self, endpoint_name: str, what: str) -> EndpointInfo:
+        with _progress(what) as show:
+            try:
+                return self.client.wait_not_updating(
+                    endpoint_name, timeout=self.timeout, on_poll=show
+                )
+            except DeadlineExceededError as exc:
+                raise DeadlineExceededError(
+                    f"{what}: not ready after {self.timeout:g} s ({exc}); see "
+                    f"`cvdeploy endpoints logs {endpoint_name} "
+                    f"{entity_name_for(self.model_name, self.model_version)}`"
+                ) from None
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Any]:
+    """A spinner on an interactive terminal; nothing in scripts, CI and notebooks' logs."""
+    started = time.monotonic()
+    if not sys.stderr.isatty():
+        yield lambda info: None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status(f"{what}...") as status:
+
+        def show(info: EndpointInfo) -> None:
+            elapsed = time.monotonic() - started
+            status.update(f"{what}: {info.state.config_update.lower()} ({elapsed:.0f} s)")
+
+        yield show
+
+
+def _encode(item: Any) -> bytes:
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(os.fspath(item))
+        if not path.is_file():
+            raise InputError(f"image file not found: {path}")
+        return path.read_bytes()
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        image = item
+    else:
+        import numpy as np
+
+        array = np.asarray(item)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3):
+            raise InputError(
+                f"cannot send an array of shape {array.shape} and dtype {array.dtype}; give "
+                "HWC uint8 images, paths or encoded bytes"
+            )
+        image = Image.fromarray(array)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
