@@ -8,7 +8,7 @@ from pathlib import Path
 from cvdeploy.config import ScalingConfig
 from cvdeploy.platforms.local.controller import PlatformOptions
 
-DEMO = Path(__file__).resolve().parents[1] / "cvdeploy" / "demo"
+DEMO: Path = Path(__file__).resolve().parents[1] / "cvdeploy" / "demo"
 DIGITS = DEMO / "digits_classifier.onnx"
 
 

@@ -37,3 +37,54 @@ def test_seed_000_snippet_runs_with_the_seed_config_and_four_workers():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "with 4 workers" in result.stdout
     assert "Detection(" in result.stdout
+
+
+def _run_seed_001(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "seed_001_endpoints.py"],
+        cwd=EXAMPLES,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_seed_001_snippet_starts_the_embedded_platform_and_leaves_it_serving(tmp_path):
+    env = {**os.environ, "CVDEPLOY_HOME": str(tmp_path), "CVDEPLOY_PORT": str(free_port())}
+    for key in ("CVDEPLOY_CONFIG", "CVDEPLOY_URL", "CVDEPLOY_WORKSPACE_URL", "CVDEPLOY_TOKEN"):
+        env.pop(key, None)
+    cli = [sys.executable, "-m", "cvdeploy.cli"]
+    try:
+        result = _run_seed_001(env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "'state': 'READY'" in result.stdout
+        assert "'cv_model-1': 100" in result.stdout
+        # The daemon outlived the script: the endpoint still answers.
+        listed = subprocess.run(
+            [*cli, "endpoints", "list", "--json"], env=env, capture_output=True, text=True,
+            timeout=60, check=True,
+        )  # fmt: skip
+        assert '"cv_endpoint"' in listed.stdout
+    finally:
+        subprocess.run([*cli, "down"], env=env, capture_output=True, timeout=60, check=False)
+
+
+@pytest.mark.slow
+def test_seed_001_snippet_runs_against_a_running_cvdeploy_up(tmp_path):
+    from cvdeploy.platforms.local.server import PlatformServer, platform_options
+
+    env = {**os.environ, "CVDEPLOY_HOME": str(tmp_path)}
+    env.pop("CVDEPLOY_CONFIG", None)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CVDEPLOY_HOME", str(tmp_path))
+    try:
+        with PlatformServer(platform_options(home=tmp_path)) as platform:
+            result = _run_seed_001({**env, "CVDEPLOY_WORKSPACE_URL": platform.url})
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert "'state': 'READY'" in result.stdout
+            assert platform.platform.runtime("cv_endpoint") is not None
+    finally:
+        patch.undo()

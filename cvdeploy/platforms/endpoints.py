@@ -22,7 +22,12 @@ from urllib.parse import urlparse
 
 from cvdeploy.config import Config
 from cvdeploy.errors import DeadlineExceededError, InputError, NotAvailableError
-from cvdeploy.platforms.base import EndpointInfo, EndpointNotFoundError, EndpointSpec
+from cvdeploy.platforms.base import (
+    EndpointAlreadyExistsError,
+    EndpointInfo,
+    EndpointNotFoundError,
+    EndpointSpec,
+)
 from cvdeploy.platforms.client import PlatformClient
 from cvdeploy.platforms.instance_types import lookup
 from cvdeploy.platforms.traffic import entity_name_for, next_config
@@ -71,25 +76,28 @@ class EndpointManager:
         self.token = token
         self.timeout = timeout
         self._config = config
-        self._client: PlatformClient | None = None
+        self._url: str | None = None
         self.last_endpoint: str | None = None
 
     @property
-    def client(self) -> PlatformClient:
-        if self._client is None:
+    def url(self) -> str:
+        """The platform's base URL (starting the local daemon on first use if none was given)."""
+        if self._url is None:
             url = self.workspace_url
             if url is None:
                 from cvdeploy.platforms.local.daemon import ensure_running
 
                 # CVDEPLOY_PORT moves the embedded platform off 8080 (tests, busy machines).
                 url = ensure_running(port=int(os.environ.get("CVDEPLOY_PORT", "8080")))
-            self._client = PlatformClient(url, self.token)
-        return self._client
+            self._url = url
+        return self._url
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    @contextmanager
+    def _client(self) -> Iterator[PlatformClient]:
+        # A client per call: ModelServer has no close() a seed script would call, and an httpx
+        # client left to the garbage collector leaks its sockets.
+        with PlatformClient(self.url, self.token) as client:
+            yield client
 
     # -- the seed's methods -------------------------------------------------------------------
 
@@ -122,13 +130,12 @@ class EndpointManager:
             "max_replicas": high,
         }
         spec = EndpointSpec.parse({"name": endpoint_name, "config": {"served_entities": [entity]}})
-        try:
-            self.client.create_endpoint(spec)
-        except Exception as exc:
-            if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
-                raise
-            self.client.update_config(endpoint_name, spec.config)
-        self._wait(endpoint_name, f"starting endpoint '{endpoint_name}'")
+        with self._client() as client:
+            try:
+                client.create_endpoint(spec)
+            except EndpointAlreadyExistsError:
+                client.update_config(endpoint_name, spec.config)
+            self._wait(client, endpoint_name, f"starting endpoint '{endpoint_name}'")
         self.last_endpoint = endpoint_name
         return endpoint_name
 
@@ -137,16 +144,18 @@ class EndpointManager:
     ) -> None:
         """Give ``new_model_version`` ``traffic_percentage`` percent; under 100 the version
         serving most of the traffic keeps the rest (a canary)."""
-        current = self.client.get_endpoint(endpoint_name)
-        if current.config is None:
-            raise EndpointNotFoundError(
-                f"endpoint '{endpoint_name}' has never served a config; wait for its creation"
+        with self._client() as client:
+            current = client.get_endpoint(endpoint_name)
+            if current.config is None:
+                raise EndpointNotFoundError(
+                    f"endpoint '{endpoint_name}' has never served a config; wait for its creation"
+                )
+            config = next_config(
+                current.config, self.model_name, str(new_model_version), traffic_percentage
             )
-        config = next_config(
-            current.config, self.model_name, str(new_model_version), traffic_percentage
-        )
-        self.client.update_config(endpoint_name, config)
-        self._wait(endpoint_name, f"switching '{endpoint_name}' to version {new_model_version}")
+            client.update_config(endpoint_name, config)
+            what = f"switching '{endpoint_name}' to version {new_model_version}"
+            self._wait(client, endpoint_name, what)
         self.last_endpoint = endpoint_name
 
     def monitor_endpoint(self, endpoint_name: str, window_s: float = 60.0) -> dict[str, Any]:
@@ -155,7 +164,8 @@ class EndpointManager:
         Latency is in milliseconds and ``error_rate`` a fraction (DESIGN "Decisions"); figures
         cover the last ``window_s`` seconds (at most 300).
         """
-        stats = self.client.stats(endpoint_name)
+        with self._client() as client:
+            stats = client.stats(endpoint_name)
         versions: dict[str, Any] = {}
         for name, entity in stats.get("served_entities", {}).items():
             window = entity.get("last_minute", {})
@@ -189,17 +199,20 @@ class EndpointManager:
 
     def rollback_endpoint(self, endpoint_name: str, to_revision: int | None = None) -> None:
         """Re-apply the previous revision (or ``to_revision``) and wait until it serves."""
-        self.client.rollback(endpoint_name, to_revision)
-        self._wait(endpoint_name, f"rolling back '{endpoint_name}'")
+        with self._client() as client:
+            client.rollback(endpoint_name, to_revision)
+            self._wait(client, endpoint_name, f"rolling back '{endpoint_name}'")
         self.last_endpoint = endpoint_name
 
     def delete_endpoint(self, endpoint_name: str) -> None:
-        self.client.delete_endpoint(endpoint_name)
+        with self._client() as client:
+            client.delete_endpoint(endpoint_name)
         if self.last_endpoint == endpoint_name:
             self.last_endpoint = None
 
     def get_endpoint(self, endpoint_name: str) -> EndpointInfo:
-        return self.client.get_endpoint(endpoint_name)
+        with self._client() as client:
+            return client.get_endpoint(endpoint_name)
 
     def predict(
         self, x: Any, endpoint_name: str | None = None, **params: Any
@@ -216,17 +229,16 @@ class EndpointManager:
             )
         single = not isinstance(x, (list, tuple))
         images = [_encode(item) for item in ([x] if single else list(x))]
-        predictions = self.client.predict_images(name, images, params or None)["predictions"]
+        with self._client() as client:
+            predictions = client.predict_images(name, images, params or None)["predictions"]
         return predictions[0] if single else list(predictions)
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _wait(self, endpoint_name: str, what: str) -> EndpointInfo:
+    def _wait(self, client: PlatformClient, endpoint_name: str, what: str) -> EndpointInfo:
         with _progress(what) as show:
             try:
-                return self.client.wait_not_updating(
-                    endpoint_name, timeout=self.timeout, on_poll=show
-                )
+                return client.wait_not_updating(endpoint_name, timeout=self.timeout, on_poll=show)
             except DeadlineExceededError as exc:
                 raise DeadlineExceededError(
                     f"{what}: not ready after {self.timeout:g} s ({exc}); see "
