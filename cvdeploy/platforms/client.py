@@ -12,6 +12,7 @@ the server's message, so callers catch the same classes in-process and over HTTP
 from __future__ import annotations
 
 import base64
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -86,7 +87,7 @@ class PlatformClient:
         token: str | None = None,
         *,
         timeout: float = 60.0,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
@@ -94,6 +95,9 @@ class PlatformClient:
         headers = {"User-Agent": f"cvdeploy/{__version__}", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if isinstance(verify, str):
+            # httpx deprecates a CA path for ``verify``; a context built from it is the same.
+            verify = ssl.create_default_context(cafile=verify)
         self._http = httpx.Client(
             base_url=self.url,
             headers=headers,
@@ -266,7 +270,12 @@ class PlatformClient:
     def _request(self, method: str, path: str, json: Any = None) -> httpx.Response:
         try:
             response = self._http.request(method, path, json=json)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if _certificate_problem(exc):
+                raise CVDeployError(
+                    f"the platform at {self.url} answered, but its TLS certificate could not be "
+                    f"verified ({exc}); pass its CA file (--ca-file, CVDEPLOY_CA_FILE)"
+                ) from None
             raise NotAvailableError(
                 f"no cvdeploy platform answers at {self.url}; start one with `cvdeploy up`"
             ) from None
@@ -285,6 +294,15 @@ class PlatformClient:
 
     def _endpoint(self, data: Any) -> EndpointInfo:
         return _model(EndpointInfo, data, self.url)
+
+
+def _certificate_problem(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def error_from_response(response: httpx.Response) -> CVDeployError:

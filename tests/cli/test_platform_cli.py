@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from cvdeploy.cli import endpoints as endpoints_cli
 from cvdeploy.cli.app import app
+from cvdeploy.cli.output import console
 from cvdeploy.errors import ConfigError, ModelLoadError
 from cvdeploy.platforms.base import (
     EndpointAlreadyExistsError,
@@ -169,7 +170,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     monkeypatch.delenv("CVDEPLOY_URL", raising=False)
     monkeypatch.delenv("CVDEPLOY_TOKEN", raising=False)
     # Wide enough that table cells are not cut.
-    monkeypatch.setattr(endpoints_cli.console, "_width", 200)
+    monkeypatch.setattr(console, "_width", 200)
     client = FakeClient()
 
     def connect(url: str | None, token: str | None, ca_file: Path | None = None) -> FakeClient:
@@ -195,7 +196,9 @@ def create(name: str = "shop", version: str = "1", *extra: str) -> None:
 # -- up / down -----------------------------------------------------------------------------------
 
 
-def test_up_runs_the_platform_in_the_foreground(fake: FakeClient, monkeypatch: pytest.MonkeyPatch):
+def test_up_runs_the_platform_in_the_foreground(
+    fake: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cvdeploy.platforms.local import server
 
     calls: list[dict[str, Any]] = []
@@ -213,7 +216,9 @@ def test_up_runs_the_platform_in_the_foreground(fake: FakeClient, monkeypatch: p
     ]
 
 
-def test_up_reports_a_config_error_with_exit_2(fake: FakeClient, monkeypatch: pytest.MonkeyPatch):
+def test_up_reports_a_config_error_with_exit_2(
+    fake: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cvdeploy.platforms.local import server
 
     def refuse(*args: Any, **kwargs: Any) -> None:
@@ -225,14 +230,16 @@ def test_up_reports_a_config_error_with_exit_2(fake: FakeClient, monkeypatch: py
     assert "needs a token" in err
 
 
-def test_up_refuses_a_second_platform(fake: FakeClient, monkeypatch: pytest.MonkeyPatch):
+def test_up_refuses_a_second_platform(fake: FakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(daemon, "discover", lambda timeout=1.0: "http://127.0.0.1:8080")
     code, _, err = invoke("up")
     assert code == 2
     assert "already running at http://127.0.0.1:8080" in err
 
 
-def test_up_detach_prints_the_url_and_the_log(fake: FakeClient, monkeypatch: pytest.MonkeyPatch):
+def test_up_detach_prints_the_url_and_the_log(
+    fake: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[tuple[Any, ...]] = []
 
     def start(host: str, port: int, **kwargs: Any) -> str:
@@ -247,7 +254,7 @@ def test_up_detach_prints_the_url_and_the_log(fake: FakeClient, monkeypatch: pyt
     assert calls == [("127.0.0.1", 9001, None, 5.0)]
 
 
-def test_up_detach_refuses_port_zero(fake: FakeClient):
+def test_up_detach_refuses_port_zero(fake: FakeClient) -> None:
     code, _, err = invoke("up", "--detach", "--port", "0")
     assert code == 2
     assert "--port 0" in err
@@ -256,7 +263,7 @@ def test_up_detach_refuses_port_zero(fake: FakeClient):
 @pytest.mark.parametrize(("running", "message"), [(True, "stopped"), (False, "no platform")])
 def test_down_exits_0_either_way(
     fake: FakeClient, monkeypatch: pytest.MonkeyPatch, running: bool, message: str
-):
+) -> None:
     monkeypatch.setattr(daemon, "stop", lambda timeout=30.0: running)
     code, out, _ = invoke("down")
     assert code == 0
@@ -266,7 +273,7 @@ def test_down_exits_0_either_way(
 # -- create / get / list -------------------------------------------------------------------------
 
 
-def test_create_waits_and_reports_ready(fake: FakeClient):
+def test_create_waits_and_reports_ready(fake: FakeClient) -> None:
     code, out, err = invoke(
         "endpoints", "create", "shop", "--model", "digits", "--version", "1", "--max-replicas", "3"
     )
@@ -279,7 +286,7 @@ def test_create_waits_and_reports_ready(fake: FakeClient):
     assert config.served_entities[0].replica_bounds == (1, 3)
 
 
-def test_create_no_wait_json_shows_the_update_in_progress(fake: FakeClient):
+def test_create_no_wait_json_shows_the_update_in_progress(fake: FakeClient) -> None:
     code, out, err = invoke(
         "endpoints", "create", "shop", "--model", "digits", "--version", "1", "--no-wait", "--json"
     )
@@ -289,7 +296,7 @@ def test_create_no_wait_json_shows_the_update_in_progress(fake: FakeClient):
     assert data["pending_config"]["served_entities"][0]["entity_name"] == "digits"
 
 
-def test_create_from_a_yaml_file_takes_the_name_argument(fake: FakeClient, tmp_path: Path):
+def test_create_from_a_yaml_file_takes_the_name_argument(fake: FakeClient, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         "name: other\nconfig:\n  served_entities:\n"
@@ -303,13 +310,13 @@ def test_create_from_a_yaml_file_takes_the_name_argument(fake: FakeClient, tmp_p
     assert config.served_entities[0].min_replicas == 2
 
 
-def test_create_needs_model_and_version(fake: FakeClient):
+def test_create_needs_model_and_version(fake: FakeClient) -> None:
     code, _, err = invoke("endpoints", "create", "shop", "--model", "digits")
     assert code == 2
     assert "--model and --version" in err
 
 
-def test_create_rejects_an_invalid_spec_before_sending(fake: FakeClient):
+def test_create_rejects_an_invalid_spec_before_sending(fake: FakeClient) -> None:
     code, _, err = invoke(
         "endpoints",
         "create",
@@ -328,21 +335,21 @@ def test_create_rejects_an_invalid_spec_before_sending(fake: FakeClient):
     assert fake.endpoints == {}
 
 
-def test_create_reports_a_failed_update(fake: FakeClient):
+def test_create_reports_a_failed_update(fake: FakeClient) -> None:
     fake.fail_next_update = True
     code, _, err = invoke("endpoints", "create", "shop", "--model", "digits", "--version", "9")
     assert code == 2
     assert "failed to load" in err
 
 
-def test_create_taken_name_exits_2(fake: FakeClient):
+def test_create_taken_name_exits_2(fake: FakeClient) -> None:
     create()
     code, _, err = invoke("endpoints", "create", "shop", "--model", "digits", "--version", "2")
     assert code == 2
     assert "already exists" in err
 
 
-def test_list_shows_state_served_versions_and_traffic(fake: FakeClient):
+def test_list_shows_state_served_versions_and_traffic(fake: FakeClient) -> None:
     create("shop")
     create("zoo", "2", "--no-wait")
     code, out, err = invoke("endpoints", "list")
@@ -359,7 +366,7 @@ def test_list_shows_state_served_versions_and_traffic(fake: FakeClient):
     assert [e["name"] for e in listed] == ["shop", "zoo"]
 
 
-def test_get_shows_entities_replicas_and_the_pending_config(fake: FakeClient):
+def test_get_shows_entities_replicas_and_the_pending_config(fake: FakeClient) -> None:
     create("shop", "1", "--max-replicas", "4")
     invoke("endpoints", "update", "shop", "--model", "digits", "--version", "2", "--no-wait")
     code, out, err = invoke("endpoints", "get", "shop")
@@ -373,7 +380,7 @@ def test_get_shows_entities_replicas_and_the_pending_config(fake: FakeClient):
     assert data["pending_config"]["served_entities"][0]["entity_version"] == "2"
 
 
-def test_get_unknown_endpoint_exits_2_with_the_message(fake: FakeClient):
+def test_get_unknown_endpoint_exits_2_with_the_message(fake: FakeClient) -> None:
     code, out, err = invoke("endpoints", "get", "nope")
     assert code == 2
     assert "endpoint 'nope' does not exist" in err
@@ -389,7 +396,7 @@ def split(fake: FakeClient, name: str) -> dict[str, int]:
     return {r.served_model_name: r.traffic_percentage for r in config.routes}
 
 
-def test_update_with_traffic_starts_a_canary(fake: FakeClient):
+def test_update_with_traffic_starts_a_canary(fake: FakeClient) -> None:
     create("shop", "1", "--min-replicas", "2", "--max-replicas", "5")
     code, out, err = invoke(
         "endpoints", "update", "shop", "--model", "digits", "--version", "2", "--traffic", "10"
@@ -402,14 +409,14 @@ def test_update_with_traffic_starts_a_canary(fake: FakeClient):
     assert [e.replica_bounds for e in config.served_entities] == [(2, 5), (2, 5)]
 
 
-def test_update_defaults_to_full_traffic(fake: FakeClient):
+def test_update_defaults_to_full_traffic(fake: FakeClient) -> None:
     create("shop", "1")
     code, _, err = invoke("endpoints", "update", "shop", "--model", "digits", "--version", "2")
     assert code == 0, err
     assert split(fake, "shop") == {"digits-2": 100}
 
 
-def test_update_from_a_json_config_file(fake: FakeClient, tmp_path: Path):
+def test_update_from_a_json_config_file(fake: FakeClient, tmp_path: Path) -> None:
     create("shop", "1")
     body = {"served_entities": [{"entity_name": "digits", "entity_version": "5"}]}
     path = tmp_path / "config.json"
@@ -419,7 +426,7 @@ def test_update_from_a_json_config_file(fake: FakeClient, tmp_path: Path):
     assert json.loads(out)["config"]["served_entities"][0]["entity_version"] == "5"
 
 
-def test_update_zero_traffic_for_a_new_version_exits_2(fake: FakeClient):
+def test_update_zero_traffic_for_a_new_version_exits_2(fake: FakeClient) -> None:
     create("shop", "1")
     code, _, err = invoke(
         "endpoints", "update", "shop", "--model", "digits", "--version", "2", "--traffic", "0"
@@ -428,7 +435,7 @@ def test_update_zero_traffic_for_a_new_version_exits_2(fake: FakeClient):
     assert "0% traffic" in err
 
 
-def test_rollback_and_revisions(fake: FakeClient):
+def test_rollback_and_revisions(fake: FakeClient) -> None:
     create("shop", "1")
     invoke("endpoints", "update", "shop", "--model", "digits", "--version", "2")
     code, out, err = invoke("endpoints", "rollback", "shop")
@@ -454,7 +461,7 @@ def test_rollback_and_revisions(fake: FakeClient):
 # -- delete --------------------------------------------------------------------------------------
 
 
-def test_delete_asks_first_and_keeps_the_endpoint_on_no(fake: FakeClient):
+def test_delete_asks_first_and_keeps_the_endpoint_on_no(fake: FakeClient) -> None:
     create("shop")
     code, out, _ = invoke("endpoints", "delete", "shop", input="n\n")
     assert code == 1
@@ -462,7 +469,7 @@ def test_delete_asks_first_and_keeps_the_endpoint_on_no(fake: FakeClient):
     assert "shop" in fake.endpoints
 
 
-def test_delete_on_yes(fake: FakeClient):
+def test_delete_on_yes(fake: FakeClient) -> None:
     create("shop")
     code, out, err = invoke("endpoints", "delete", "shop", input="y\n")
     assert code == 0, err
@@ -470,14 +477,14 @@ def test_delete_on_yes(fake: FakeClient):
     assert fake.endpoints == {}
 
 
-def test_delete_with_yes_flag_and_json(fake: FakeClient):
+def test_delete_with_yes_flag_and_json(fake: FakeClient) -> None:
     create("shop")
     code, out, err = invoke("endpoints", "delete", "shop", "--yes", "--json")
     assert code == 0, err
     assert json.loads(out) == {"deleted": True, "name": "shop"}
 
 
-def test_delete_unknown_exits_2(fake: FakeClient):
+def test_delete_unknown_exits_2(fake: FakeClient) -> None:
     code, _, err = invoke("endpoints", "delete", "nope", "-y")
     assert code == 2
     assert "does not exist" in err
@@ -486,7 +493,7 @@ def test_delete_unknown_exits_2(fake: FakeClient):
 # -- logs / metrics / query ----------------------------------------------------------------------
 
 
-def test_logs_and_metrics_print_raw_text(fake: FakeClient):
+def test_logs_and_metrics_print_raw_text(fake: FakeClient) -> None:
     create("shop")
     code, out, err = invoke("endpoints", "logs", "shop", "digits-1")
     assert code == 0, err
@@ -503,7 +510,7 @@ def images(tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
-def test_query_prints_a_summary_per_image(fake: FakeClient, tmp_path: Path):
+def test_query_prints_a_summary_per_image(fake: FakeClient, tmp_path: Path) -> None:
     create("shop")
     a, b = images(tmp_path)
     code, out, err = invoke("endpoints", "query", "shop", str(a), str(b), "--conf", "0.3")
@@ -518,7 +525,7 @@ def test_query_prints_a_summary_per_image(fake: FakeClient, tmp_path: Path):
     assert "0.9800" in seven
 
 
-def test_query_details_reuses_the_predict_tables(fake: FakeClient, tmp_path: Path):
+def test_query_details_reuses_the_predict_tables(fake: FakeClient, tmp_path: Path) -> None:
     create("shop")
     a, _ = images(tmp_path)
     code, out, err = invoke("endpoints", "query", "shop", str(a), "--details")
@@ -527,7 +534,7 @@ def test_query_details_reuses_the_predict_tables(fake: FakeClient, tmp_path: Pat
     assert "1.0, 1.0, 9.0, 9.0" in out
 
 
-def test_query_json(fake: FakeClient, tmp_path: Path):
+def test_query_json(fake: FakeClient, tmp_path: Path) -> None:
     create("shop")
     a, b = images(tmp_path)
     code, out, err = invoke("endpoints", "query", "shop", str(a), str(b), "--json")
@@ -538,7 +545,7 @@ def test_query_json(fake: FakeClient, tmp_path: Path):
     assert fake.params is None
 
 
-def test_query_missing_image_is_a_usage_error(fake: FakeClient, tmp_path: Path):
+def test_query_missing_image_is_a_usage_error(fake: FakeClient, tmp_path: Path) -> None:
     create("shop")
     code, _, err = invoke("endpoints", "query", "shop", str(tmp_path / "missing.jpg"))
     assert code == 2
@@ -548,7 +555,9 @@ def test_query_missing_image_is_a_usage_error(fake: FakeClient, tmp_path: Path):
 # -- connecting ----------------------------------------------------------------------------------
 
 
-def test_url_and_token_options_reach_the_client(fake: FakeClient, monkeypatch: pytest.MonkeyPatch):
+def test_url_and_token_options_reach_the_client(
+    fake: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     invoke("endpoints", "list", "--url", "http://h:1", "--token", "cvd_x")
     monkeypatch.setenv("CVDEPLOY_TOKEN", "cvd_env")
     invoke("endpoints", "list")
@@ -557,7 +566,7 @@ def test_url_and_token_options_reach_the_client(fake: FakeClient, monkeypatch: p
 
 def test_ca_file_option_and_env_reach_the_client(
     fake: FakeClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-):
+) -> None:
     ca, other = tmp_path / "ca.pem", tmp_path / "other.pem"
     ca.write_text("pem")
     other.write_text("pem")
@@ -570,14 +579,14 @@ def test_ca_file_option_and_env_reach_the_client(
     assert fake.connections == [("https://h:1", None, ca), ("https://h:1", None, other)]
 
 
-def test_a_missing_ca_file_is_a_usage_error(fake: FakeClient, tmp_path: Path):
+def test_a_missing_ca_file_is_a_usage_error(fake: FakeClient, tmp_path: Path) -> None:
     code, _, err = invoke("endpoints", "list", "--ca-file", str(tmp_path / "missing.pem"))
     assert code == 2
     assert "missing.pem" in err
     assert fake.connections == []
 
 
-def test_connect_resolves_the_url_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+def test_connect_resolves_the_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CVDEPLOY_URL", "http://platform.test:8123/")
     with endpoints_cli._connect(None, "cvd_t") as client:
         assert client.url == "http://platform.test:8123"
@@ -585,7 +594,7 @@ def test_connect_resolves_the_url_from_the_environment(monkeypatch: pytest.Monke
         assert client.url == "http://explicit:1"
 
 
-def test_connect_trusts_the_ca_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_connect_trusts_the_ca_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A ``--ca-file`` becomes the client's only trust anchor (a self-signed platform)."""
     import ssl
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,20 +169,28 @@ class LocalPlatform:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bring back every stored endpoint, then run the control loop."""
+        """Bring back every stored endpoint (in the background), then run the control loop.
+
+        The server answers at once: an endpoint being restored is NOT_READY and its requests
+        get a 503 with Retry-After until its replicas are ready.
+        """
         records = await asyncio.to_thread(self.state.list_endpoints)
         for record in records:
-            if record.config is not None and record.current_revision is not None:
-                try:
-                    runtime = await self._build(record.name, record.current_revision, record.config)
-                except CVDeployError as exc:
-                    logger.error("endpoint %s: cannot restore revision: %s", record.name, exc)
-                    continue
-                self._runtimes[record.name] = runtime
-                logger.info("endpoint %s: restored revision %s", record.name, runtime.revision)
-            if record.config_update == "IN_PROGRESS":
-                self._schedule_update(record.name)
+            self._track(record.name, self._restore(record))
         self._loop_task = asyncio.create_task(self._control_loop(), name="cvdeploy-control-loop")
+
+    async def _restore(self, record: EndpointRecord) -> None:
+        name = record.name
+        if record.config is not None and record.current_revision is not None:
+            try:
+                runtime = await self._build(name, record.current_revision, record.config)
+            except CVDeployError as exc:
+                logger.error("endpoint %s: cannot restore its revision: %s", name, exc)
+            else:
+                self._runtimes[name] = runtime
+                logger.info("endpoint %s: restored revision %s", name, runtime.revision)
+        if record.config_update == "IN_PROGRESS":
+            self._schedule_update(name)
 
     async def close(self) -> None:
         """Stop the loop and every replica (draining in-flight requests)."""
@@ -325,10 +333,18 @@ class LocalPlatform:
             )
 
     def _schedule_update(self, name: str) -> None:
-        task = asyncio.create_task(self._apply_pending(name), name=f"cvdeploy-update-{name}")
+        self._track(name, self._apply_pending(name))
+
+    def _track(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run the endpoint's restore or update; ``delete`` and ``close`` cancel it."""
+        task = asyncio.create_task(coro, name=f"cvdeploy-endpoint-{name}")
         self._updates[name] = task
-        task.add_done_callback(lambda t: self._updates.pop(name, None) if
-                               self._updates.get(name) is t else None)  # fmt: skip
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._updates.get(name) is done:
+                del self._updates[name]
+
+        task.add_done_callback(forget)
 
     async def _apply_pending(self, name: str) -> None:
         record = await asyncio.to_thread(self.state.get_endpoint, name)
