@@ -199,6 +199,40 @@ def test_a_killed_replica_loses_no_request(server: PlatformServer, client: Platf
     client.delete_endpoint("pair")
 
 
+def test_version_switch_under_load_fails_no_request(
+    server: PlatformServer, client: PlatformClient
+) -> None:
+    client.create_endpoint(_spec("switch", ("1", 100)))
+    client.wait_not_updating("switch", timeout=90)
+    statuses: collections.Counter[int] = collections.Counter()
+    versions: collections.Counter[str] = collections.Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                answer = _invoke(http, server.url, "switch")
+                statuses[answer.status_code] += 1
+                versions[answer.headers.get("served-model-name", "?")] += 1
+
+    workers = [threading.Thread(target=load) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(0.5)
+        client.update_config("switch", _spec("switch", ("2", 100))["config"])
+        client.wait_not_updating("switch", timeout=90)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert set(statuses) == {200}, statuses
+    assert versions["cv_model-1"] > 0
+    assert versions["cv_model-2"] > 0
+    client.delete_endpoint("switch")
+
+
 def test_scale_to_zero_and_back(server: PlatformServer, client: PlatformClient) -> None:
     client.create_endpoint(
         _spec("sleepy", ("1", 100), min_replicas=0, max_replicas=1, scale_to_zero_enabled=True)
