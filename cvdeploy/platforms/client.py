@@ -160,9 +160,9 @@ class PlatformClient:
             dict(item) for item in _list(self._call("GET", _path(name, "revisions")), "revisions")
         ]
 
-    def stats(self, name: str) -> dict[str, Any]:
-        """The endpoint's live statistics, as the platform reports them."""
-        return self._call("GET", _path(name, "stats"))
+    def stats(self, name: str, window_s: float = 60.0) -> dict[str, Any]:
+        """The endpoint's live statistics over the last ``window_s`` seconds (at most 300)."""
+        return self._call("GET", f"{_path(name, 'stats')}?window_s={window_s:g}")
 
     def metrics(self, name: str) -> str:
         """The endpoint's metrics in Prometheus text format."""

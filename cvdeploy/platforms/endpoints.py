@@ -165,7 +165,7 @@ class EndpointManager:
         cover the last ``window_s`` seconds (at most 300).
         """
         with self._client() as client:
-            stats = client.stats(endpoint_name)
+            stats = client.stats(endpoint_name, window_s)
         versions: dict[str, Any] = {}
         for name, entity in stats.get("served_entities", {}).items():
             window = entity.get("last_minute", {})

@@ -10,7 +10,8 @@ the rule is tested without a platform:
   current *primary*, the entity with the most traffic.
 * The target gets ``traffic_percentage``; the rest goes to the *receiver*, the other entity with
   the most traffic (the first listed on a tie), which keeps its settings. Every other entity is
-  dropped: a route with 0% would keep replicas running that serve nothing.
+  dropped: a route with 0% would keep replicas running that serve nothing. The exception is the
+  endpoint's ``fallback_served_entity``, kept with its 0% route; rate limits are kept too.
 * 100 sends everything to the target and drops the rest (a plain replacement).
 * A version already served only changes the split. 0 for it sends everything to the receiver
   and drops it (abandon a canary); 0 for a new version is refused, as it would start replicas
@@ -34,6 +35,7 @@ _INHERITED = (
     "min_replicas",
     "max_replicas",
     "batching",
+    "instance_type",
 )
 
 
@@ -84,7 +86,7 @@ def next_config(
             )
         target = _new_entity(current, model, version, primary=by_traffic[0])
     if traffic_percentage == 100:
-        return _build([(target, 100)])
+        return _build(current, [(target, 100)])
     receiver = next((e for e in by_traffic if e.name != target.name), None)
     if receiver is None:
         raise ConfigError(
@@ -92,8 +94,8 @@ def next_config(
             f"other {100 - traffic_percentage}%; use 100, or add another version first"
         )
     if traffic_percentage == 0:
-        return _build([(receiver, 100)])
-    return _build([(receiver, 100 - traffic_percentage), (target, traffic_percentage)])
+        return _build(current, [(receiver, 100)])
+    return _build(current, [(receiver, 100 - traffic_percentage), (target, traffic_percentage)])
 
 
 def _new_entity(
@@ -111,14 +113,25 @@ def _new_entity(
     return EndpointCoreConfig.parse({"served_entities": [body]}).served_entities[0]
 
 
-def _build(shares: list[tuple[ServedEntity, int]]) -> EndpointCoreConfig:
-    return EndpointCoreConfig.parse(
-        {
-            "served_entities": [e.model_dump(mode="json") for e, _ in shares],
-            "traffic_config": {
-                "routes": [
-                    {"served_model_name": e.name, "traffic_percentage": pct} for e, pct in shares
-                ]
-            },
-        }
-    )
+def _build(
+    current: EndpointCoreConfig, shares: list[tuple[ServedEntity, int]]
+) -> EndpointCoreConfig:
+    # Endpoint-wide settings survive a version change: the rate limits, and the fallback
+    # entity, which keeps serving with its 0% route unless the change removed it on purpose.
+    fallback = current.fallback_served_entity
+    keep_fallback = fallback is not None and fallback not in {e.name for e, _ in shares}
+    if keep_fallback:
+        spare = next(e for e in current.served_entities if e.name == fallback)
+        shares = [*shares, (spare, 0)]
+    body: dict[str, Any] = {
+        "served_entities": [e.model_dump(mode="json") for e, _ in shares],
+        "traffic_config": {
+            "routes": [
+                {"served_model_name": e.name, "traffic_percentage": pct} for e, pct in shares
+            ]
+        },
+        "rate_limits": [limit.model_dump(mode="json") for limit in current.rate_limits],
+    }
+    if fallback is not None:
+        body["fallback_served_entity"] = fallback
+    return EndpointCoreConfig.parse(body)

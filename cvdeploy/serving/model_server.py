@@ -204,9 +204,10 @@ class ModelServer:
         """Serve ``new_model_version`` with ``traffic_percentage`` percent of the traffic."""
         self.endpoints.update_endpoint(endpoint_name, new_model_version, traffic_percentage)
 
-    def monitor_endpoint(self, endpoint_name: str) -> dict[str, Any]:
-        """State, versions, replicas, traffic, p50/p95/p99 latency, throughput, error rate."""
-        return self.endpoints.monitor_endpoint(endpoint_name)
+    def monitor_endpoint(self, endpoint_name: str, window_s: float = 60.0) -> dict[str, Any]:
+        """State, versions, replicas, traffic, p50/p95/p99 latency, throughput, error rate
+        over the last ``window_s`` seconds (at most 300)."""
+        return self.endpoints.monitor_endpoint(endpoint_name, window_s)
 
     def rollback_endpoint(self, endpoint_name: str, to_revision: int | None = None) -> None:
         """Re-apply the endpoint's previous config revision (or ``to_revision``)."""

@@ -150,3 +150,30 @@ def test_unity_catalog_names_lose_their_dots():
 def test_invalid_model_name_is_a_config_error():
     with pytest.raises(ConfigError):
         next_config(config(("digits", "1", 100)), "x" * 80, "2", 10)
+
+
+def test_fallback_rate_limits_and_instance_type_survive_a_version_change():
+    current = EndpointCoreConfig.parse(
+        {
+            "served_entities": [
+                {"entity_name": "m", "entity_version": "1", "instance_type": "cpu-2"},
+                {"entity_name": "m", "entity_version": "0", "name": "backup"},
+            ],
+            "traffic_config": {
+                "routes": [
+                    {"served_model_name": "m-1", "traffic_percentage": 100},
+                    {"served_model_name": "backup", "traffic_percentage": 0},
+                ]
+            },
+            "fallback_served_entity": "backup",
+            "rate_limits": [{"calls": 5, "renewal_period": "second"}],
+        }
+    )
+    canary = next_config(current, "m", "2", 10)
+    assert split(canary) == {"m-1": 90, "m-2": 10, "backup": 0}
+    assert canary.fallback_served_entity == "backup"
+    assert canary.rate_limits == current.rate_limits
+    assert canary.served_entities[1].instance_type == "cpu-2"
+    replaced = next_config(canary, "m", "2", 100)
+    assert split(replaced) == {"m-2": 100, "backup": 0}
+    assert replaced.fallback_served_entity == "backup"

@@ -1,7 +1,7 @@
 """Every way a request can be wrong, over real loopback servers and every protocol it applies to.
 
 The contract (DESIGN "Security and reliability defaults", docs/serving.md "Limits and errors"):
-each case gets its status code and the one JSON error body ``{"error", "error_code",
+each case gets its status code and the one JSON error body ``{"error", "error_code", "message",
 "request_id"}`` whose message says what was wrong, never a traceback or a server-side file path,
 and the server answers a good request right afterwards.
 """
@@ -81,7 +81,8 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> dict[str
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
-    assert set(body) == {"error", "error_code", "request_id"}, body
+    assert set(body) == {"error", "error_code", "message", "request_id"}, body
+    assert body["message"] == body["error"]
     assert isinstance(body["error"], str)
     assert body["error"]
     assert isinstance(body["error_code"], str)

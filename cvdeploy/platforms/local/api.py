@@ -185,8 +185,10 @@ def _add_control_plane(app: FastAPI, platform: LocalPlatform) -> None:
             }
         )
 
-    async def stats(name: str) -> JSONResponse:
-        return JSONResponse(await platform.stats(name))
+    async def stats(name: str, window_s: float = 60.0) -> JSONResponse:
+        if not 0 < window_s <= 300:
+            raise ConfigError(f"window_s must be in (0, 300] seconds, got {window_s:g}")
+        return JSONResponse(await platform.stats(name, window_s))
 
     async def metrics(name: str) -> Response:
         await platform.get(name)

@@ -165,6 +165,8 @@ class LocalPlatform:
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
         self._tasks: set[asyncio.Future[Any]] = set()
+        #: Why an endpoint that exists has no runtime (its restore failed), for the gateway.
+        self.unavailable: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -186,6 +188,10 @@ class LocalPlatform:
                 runtime = await self._build(name, record.current_revision, record.config)
             except CVDeployError as exc:
                 logger.error("endpoint %s: cannot restore its revision: %s", name, exc)
+                self.unavailable[name] = (
+                    f"endpoint '{name}' could not be restored after the platform restarted: "
+                    f"{exc}; fix it or roll it back (`cvdeploy endpoints rollback {name}`)"
+                )
             else:
                 self._runtimes[name] = runtime
                 logger.info("endpoint %s: restored revision %s", name, runtime.revision)
@@ -242,6 +248,7 @@ class LocalPlatform:
         if task is not None:
             task.cancel()
         runtime = self._runtimes.pop(name, None)
+        self.unavailable.pop(name, None)
         self.metrics.forget(name)
         if runtime is not None:
             for entity in runtime.entities.values():
@@ -363,6 +370,7 @@ class LocalPlatform:
             await asyncio.to_thread(self.state.finish_update, name, ok=False, message=message)
             return
         self._runtimes[name] = new
+        self.unavailable.pop(name, None)
         await asyncio.to_thread(self.state.finish_update, name, ok=True)
         logger.info("endpoint %s: serving revision %s", name, revision)
         if old is not None:
@@ -492,7 +500,7 @@ class LocalPlatform:
         entity.scaling, entity.decision = decision.state, decision
         if decision.desired != replicas.count:
             logger.info("endpoint %s/%s: %s", runtime.name, entity.name, decision.reason)
-            await replicas.scale_to(decision.desired)
+            await replicas.scale_to(decision.desired, drain_timeout=self.options.drain_timeout_s)
         self._export(runtime, entity, cpu)
 
     def _export(

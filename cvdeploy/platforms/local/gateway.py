@@ -79,6 +79,9 @@ class Gateway:
         runtime = self.platform.runtime(name)
         if runtime is None:
             await self.platform.get(name)  # 404 for an unknown endpoint
+            reason = self.platform.unavailable.get(name)
+            if reason is not None:
+                raise OverloadedError(reason, retry_after=30)
             raise OverloadedError(
                 f"endpoint '{name}' is not ready yet (its first replicas are starting); "
                 "retry shortly",
@@ -191,6 +194,7 @@ class Gateway:
                 timeout=max(0.001, deadline - time.perf_counter()),
             )
         except httpx.TimeoutException:
+            breaker.record_failure()  # a hung replica is taken out of rotation like a dead one
             raise DeadlineExceededError(
                 f"the replica did not answer within {self.platform.options.request_timeout_s:g} s"
             ) from None

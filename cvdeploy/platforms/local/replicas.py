@@ -126,6 +126,7 @@ class Replica:
         self.restarts = 0
         #: Requests the gateway has sent to this replica and not yet seen answered.
         self.in_flight = 0
+        self.last_cpu_percent: float | None = None
         self.log_path = spec.log_dir / f"replica-{index}.log"
         self._clock = clock
         self._process: subprocess.Popen[bytes] | None = None
@@ -228,9 +229,14 @@ class Replica:
             return None
 
     def cpu_percent(self) -> float | None:
-        """CPU use since the previous call (the first call primes it and may say 0.0)."""
+        """CPU use since the previous call (the first call primes it and may say 0.0).
+
+        The control loop calls this once per tick; others read :attr:`last_cpu_percent`, as
+        a second caller would shorten the interval the loop's reading covers.
+        """
         value = self._sample(lambda p: p.cpu_percent(None))
-        return None if value is None else float(value)
+        self.last_cpu_percent = None if value is None else float(value)
+        return self.last_cpu_percent
 
     def rss_bytes(self) -> int | None:
         value = self._sample(lambda p: p.memory_info().rss)
@@ -510,7 +516,7 @@ class ReplicaSet:
                     "restarts": r.restarts,
                     "in_flight": r.in_flight,
                     "uptime_s": None if r.started_at is None else round(now - r.started_at, 3),
-                    "cpu_percent": r.cpu_percent(),
+                    "cpu_percent": r.last_cpu_percent,
                     "rss_bytes": r.rss_bytes(),
                     "log_path": str(r.log_path),
                 }

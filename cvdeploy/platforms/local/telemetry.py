@@ -95,7 +95,11 @@ class PlatformMetrics:
         kept = [
             line
             for line in text.splitlines()
-            if line.startswith("#") or f"{{{label}," in line or f",{label}," in line
+            if line.startswith("#")
+            or f"{{{label}," in line
+            or f",{label}," in line
+            or f"{{{label}}}" in line
+            or f",{label}}}" in line
         ]
         return "\n".join(kept) + "\n"
 

@@ -179,7 +179,7 @@ class TokenStore(Database):
         self._verified.pop(token_id, None)
 
     def tokens_exist(self) -> bool:
-        """Whether any unrevoked token exists (then every management call needs one)."""
+        """Whether any unrevoked token exists (then every platform call needs one)."""
         row = self._conn().execute("SELECT 1 FROM tokens WHERE revoked_at IS NULL LIMIT 1")
         return row.fetchone() is not None
 
