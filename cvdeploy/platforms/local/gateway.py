@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -53,6 +54,13 @@ _FORWARD_RESPONSE = ("content-type", "inference-header-content-length", "retry-a
 _POLL_S = 0.02
 
 
+@dataclass
+class _Upstream:
+    status: int
+    content: bytes
+    headers: dict[str, str]
+
+
 class _Failed(Exception):
     """A replica failed at the connection level; the request may be retried elsewhere."""
 
@@ -60,18 +68,30 @@ class _Failed(Exception):
 class Gateway:
     """Routes endpoint requests to replicas; one instance per platform app."""
 
-    def __init__(self, platform: LocalPlatform, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, platform: LocalPlatform) -> None:
         self.platform = platform
-        options = platform.options
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(options.request_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
-            trust_env=False,  # never send replica traffic through a proxy from the environment
-        )
+        self._session: aiohttp.ClientSession | None = None
         self._turn = 0
 
+    def _client(self) -> aiohttp.ClientSession:
+        # aiohttp's client, not httpx's: measured on two cores, it proxies a request for a
+        # fifth of the CPU (0.2 ms vs 1.0 ms), which is most of the gateway's cost.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=False),
+                timeout=aiohttp.ClientTimeout(
+                    total=self.platform.options.request_timeout_s, sock_connect=5.0
+                ),
+                auto_decompress=False,  # bodies pass through as the replica encoded them
+                # The client's own content-type, or none: never one aiohttp guesses.
+                skip_auto_headers=("User-Agent", "Content-Type"),
+                trust_env=False,  # never send replica traffic through a proxy from the env
+            )
+        return self._session
+
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def handle(self, request: Request) -> Response:
         name = str(request.path_params["name"])
@@ -166,10 +186,9 @@ class Gateway:
                     runtime.name, replica.index, entity.name, exc,
                 )  # fmt: skip
                 continue
-            self._record(runtime, entity, upstream.status_code, started)
-            out = {k: v for k in _FORWARD_RESPONSE if (v := upstream.headers.get(k)) is not None}
-            out["served-model-name"] = entity.name
-            return Response(upstream.content, status_code=upstream.status_code, headers=out)
+            self._record(runtime, entity, upstream.status, started)
+            upstream.headers["served-model-name"] = entity.name
+            return Response(upstream.content, status_code=upstream.status, headers=upstream.headers)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
@@ -181,24 +200,28 @@ class Gateway:
         body: bytes,
         headers: dict[str, str],
         deadline: float,
-    ) -> httpx.Response:
+    ) -> _Upstream:
         breaker = entity.breaker(replica)
         replica.in_flight += 1
         entity.last_request_at = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=max(0.001, deadline - time.perf_counter()))
         try:
-            upstream = await self.client.request(
-                method,
-                replica.url + path,
-                content=body,
-                headers=headers,
-                timeout=max(0.001, deadline - time.perf_counter()),
-            )
-        except httpx.TimeoutException:
+            async with self._client().request(
+                method, replica.url + path, data=body, headers=headers, timeout=timeout
+            ) as response:
+                content = await response.read()
+                upstream = _Upstream(
+                    response.status,
+                    content,
+                    {k: v for k in _FORWARD_RESPONSE if (v := response.headers.get(k)) is not None},
+                )
+        except (asyncio.TimeoutError, TimeoutError):
             breaker.record_failure()  # a hung replica is taken out of rotation like a dead one
             raise DeadlineExceededError(
                 f"the replica did not answer within {self.platform.options.request_timeout_s:g} s"
             ) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
+            # Refused, reset, or the process died mid-request: safe to retry (idempotent).
             breaker.record_failure()
             raise _Failed(type(exc).__name__) from None
         finally:
