@@ -49,7 +49,7 @@ from cvdeploy.serving.http import (
 )
 from cvdeploy.serving.metrics import CONTENT_TYPE_LATEST
 
-__all__ = ["create_platform_app"]
+__all__ = ["PlatformApp", "create_platform_app"]
 
 logger = logging.getLogger("cvdeploy.platform")
 
@@ -58,7 +58,6 @@ _CONTROL_BODY_LIMIT = 1024 * 1024
 #: Paths anyone may call: the liveness probe, the API docs, and the metadata probe that
 #: databricks-sdk sends before its first call (answered 404: not a Databricks workspace).
 _OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/redoc", "/.well-known/databricks-config")
-_GATEWAY_METHODS = ["GET", "POST"]
 
 
 def create_platform_app(
@@ -68,7 +67,7 @@ def create_platform_app(
     access_log: bool = True,
     on_started: Any = None,
     on_stopped: Any = None,
-) -> FastAPI:
+) -> PlatformApp:
     """The platform's ASGI app around ``platform`` (started and stopped by the app's lifespan).
 
     Args:
@@ -103,11 +102,6 @@ def create_platform_app(
     _add_error_handlers(app)
     _add_control_plane(app, platform)
 
-    async def gateway_route(request: Request) -> Response:
-        return await gateway.handle(request)
-
-    app.add_route("/serving-endpoints/{name}/{path:path}", gateway_route, methods=_GATEWAY_METHODS)
-
     async def health() -> JSONResponse:
         return JSONResponse({"status": "ok", "pid": os.getpid(), "version": __version__})
 
@@ -116,9 +110,36 @@ def create_platform_app(
 
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness of the platform")
     app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics")
-    app.add_middleware(AuthMiddleware, state=platform.state, require_tokens=require_tokens)
-    app.add_middleware(RequestContextMiddleware, access_log=access_log)
-    return app
+    # The data plane skips FastAPI: auth and request ids wrap a plain dispatch by path prefix.
+    dispatch = _Dispatch(gateway, app)
+    auth = AuthMiddleware(dispatch, state=platform.state, require_tokens=require_tokens)
+    return PlatformApp(app, RequestContextMiddleware(auth, access_log=access_log))
+
+
+class _Dispatch:
+    """``/serving-endpoints/...`` to the gateway, everything else to the control plane."""
+
+    def __init__(self, gateway: Gateway, api: FastAPI) -> None:
+        self.gateway = gateway
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope["path"]).startswith("/serving-endpoints/"):
+            await self.gateway(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+class PlatformApp:
+    """The platform's ASGI app; ``api`` is the FastAPI control plane (its lifespan runs all)."""
+
+    def __init__(self, api: FastAPI, asgi: ASGIApp) -> None:
+        self.api = api
+        self.state = api.state
+        self._asgi = asgi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._asgi(scope, receive, send)
 
 
 def _author(request: Request) -> str:
