@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cvdeploy.cli.output import JsonOption, console, fail, print_json
-from cvdeploy.errors import CVDeployError
+from cvdeploy.errors import ConfigError, CVDeployError
 
 if TYPE_CHECKING:
     from cvdeploy.registry import ModelVersion, Registry
@@ -145,10 +145,11 @@ def show(
             return
         found = registry.get_version(name, version)
         card = registry.card(name, found.version)
+        recorded = registry.metrics(name, found.version)
     except CVDeployError as exc:
         raise fail(exc) from None
     if as_json:
-        print_json({**found.to_dict(), "card": json.loads(card.to_json())})
+        print_json({**found.to_dict(), "card": json.loads(card.to_json()), "metrics": recorded})
         return
     console.print(_versions_table(name, [found]))
     console.print(
@@ -157,6 +158,9 @@ def show(
         f"input size: {card.input_size[0]}x{card.input_size[1]}; "
         f"reference images: {len(card.reference_images)}\nsource: {escape(found.source)}"
     )
+    if recorded:
+        shown = ", ".join(f"{k}={v:g}" for k, v in recorded.items())
+        console.print(f"metrics: {escape(shown)}")
 
 
 @models_app.command("alias")
@@ -176,6 +180,75 @@ def alias(
         print_json(found.to_dict())
         return
     console.print(f"{escape(name)}@{escape(alias_name)} -> version {found.version}")
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} {item!r} is not KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+@models_app.command("metrics")
+def metrics(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version number or alias.")],
+    values: Annotated[
+        list[str] | None, typer.Argument(metavar="[KEY=VALUE]...", help="Metrics to record.")
+    ] = None,
+    uri: UriOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record metrics (e.g. accuracy=0.97) on a version, or show them."""
+    try:
+        registry = _registry(uri)
+        if values:
+            given: dict[str, float] = {}
+            for key, text in _pairs(values, "metric").items():
+                try:
+                    given[key] = float(text)
+                except ValueError:
+                    raise ConfigError(f"metric {key}={text!r} is not a number") from None
+            found = registry.log_metrics(name, version, given)
+        else:
+            found = registry.metrics(name, version)
+    except CVDeployError as exc:
+        raise fail(exc) from None
+    if as_json:
+        print_json(found)
+        return
+    table = Table(title=f"{escape(name)} {escape(version)}: metrics", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in found.items():
+        table.add_row(escape(key), f"{value:g}")
+    console.print(table)
+
+
+@models_app.command("tag")
+def tag(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version number or alias.")],
+    values: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="Tags to set.")],
+    uri: UriOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set tags (e.g. dataset=v3) on a version."""
+    try:
+        registry = _registry(uri)
+        for key, value in _pairs(values, "tag").items():
+            registry.set_tag(name, version, key, value)
+        found = registry.get_version(name, version)
+    except CVDeployError as exc:
+        raise fail(exc) from None
+    if as_json:
+        print_json(found.tags)
+        return
+    for key, value in sorted(found.tags.items()):
+        console.print(f"{escape(key)} = {escape(value)}")
 
 
 @models_app.command("delete")

@@ -6,10 +6,11 @@ and only the registry, the pipeline and the platform need it.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -34,6 +35,8 @@ __all__ = ["ALIASES", "Registry"]
 ALIASES = ("champion", "candidate")
 EXPERIMENT = "cvdeploy-registry"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# MLflow's own rule for metric keys.
+_METRIC = re.compile(r"^[A-Za-z0-9_\-. /]{1,250}$")
 
 
 class Registry:
@@ -138,6 +141,41 @@ class Registry:
     def set_tag(self, name: str, version: str | int, key: str, value: str) -> None:
         found = self.get_version(name, str(version))
         self.client.set_model_version_tag(name, found.version, key, value)
+
+    def log_metrics(
+        self, name: str, version: str | int, metrics: Mapping[str, float]
+    ) -> dict[str, float]:
+        """Record evaluation figures (accuracy, mAP, latency...) on a version; returns them all.
+
+        They live on the version's MLflow run, where MLflow's UI and ``mlflow.search_runs``
+        show them beside the registration.
+
+        Raises:
+            ConfigError: a name or value is not a finite number.
+        """
+        found = self.get_version(name, str(version))
+        if found.run_id is None:
+            raise RegistryError(f"{name} version {found.version} has no run to record metrics on")
+        for key, value in metrics.items():
+            if not _METRIC.match(key):
+                raise ConfigError(
+                    f"metric name {key!r} is not valid; use letters, digits, '_', '-', '.', '/'"
+                )
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise ConfigError(f"metric {key!r} must be a finite number, got {value!r}")
+            self.client.log_metric(found.run_id, key, float(value))
+        return self.metrics(name, found.version)
+
+    def metrics(self, name: str, version: str | int = "latest") -> dict[str, float]:
+        """The latest value of every metric recorded on a version."""
+        found = self.get_version(name, str(version))
+        if found.run_id is None:
+            return {}
+        return dict(sorted(self.client.get_run(found.run_id).data.metrics.items()))
 
     def delete_version(self, name: str, version: str | int) -> None:
         found = self.get_version(name, str(version))

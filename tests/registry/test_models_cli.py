@@ -94,3 +94,34 @@ def test_delete_version_then_model(registered: Path):
     assert json.loads(result.stdout) == {"name": "gone", "version": "1", "deleted": True}
     assert runner.invoke(app, ["models", "delete", "gone"]).exit_code == 0
     assert runner.invoke(app, ["models", "delete", "gone"]).exit_code == 2
+
+
+def test_metrics_are_recorded_on_a_version_and_shown(registered: Path):
+    result = runner.invoke(
+        app, ["models", "metrics", "cv_model", "1", "accuracy=0.97", "f1=0.95", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"accuracy": 0.97, "f1": 0.95}
+    shown = runner.invoke(app, ["models", "metrics", "cv_model", "1"])
+    assert "accuracy" in shown.output
+    assert "0.97" in shown.output
+    card = json.loads(runner.invoke(app, ["models", "show", "cv_model", "--version", "1",
+                                          "--json"]).output)  # fmt: skip
+    assert card["metrics"] == {"accuracy": 0.97, "f1": 0.95}
+    bad = runner.invoke(app, ["models", "metrics", "cv_model", "1", "accuracy=high"])
+    assert bad.exit_code == 2
+    assert "not a number" in bad.output
+    inf = runner.invoke(app, ["models", "metrics", "cv_model", "1", "loss=inf"])
+    assert inf.exit_code == 2
+    assert "finite" in inf.output
+    missing = runner.invoke(app, ["models", "metrics", "cv_model", "9"])
+    assert missing.exit_code == 2
+
+
+def test_tags_are_set_on_a_version(registered: Path):
+    result = runner.invoke(app, ["models", "tag", "cv_model", "2", "dataset=digits-v3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["dataset"] == "digits-v3"
+    bad = runner.invoke(app, ["models", "tag", "cv_model", "2", "no-equals"])
+    assert bad.exit_code == 2
+    assert "KEY=VALUE" in bad.output
