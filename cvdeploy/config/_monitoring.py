@@ -12,7 +12,14 @@ from pydantic import Field, field_validator, model_validator
 
 from cvdeploy.config._fields import Section, invalid
 
-__all__ = ["KNOWN_METRICS", "AlertRule", "AlertThresholds", "MetricName", "MonitoringConfig"]
+__all__ = [
+    "KNOWN_METRICS",
+    "AlertRule",
+    "AlertThresholds",
+    "DriftConfig",
+    "MetricName",
+    "MonitoringConfig",
+]
 
 MetricName = Literal[
     "latency",
@@ -73,6 +80,47 @@ class AlertRule(Section):
         return self
 
 
+class DriftConfig(Section):
+    """Image data drift: which requests are sampled and when a feature counts as drifted."""
+
+    enabled: bool = Field(default=True, description="Sample requests for drift detection.")
+    sample_rate: float = Field(
+        default=0.1, gt=0, le=1, description="Share of requests whose image is profiled."
+    )
+    window: int = Field(
+        default=500, ge=50, le=100_000, description="Recent samples compared with the reference."
+    )
+    min_window: int = Field(
+        default=200, ge=20, le=100_000, description="Samples needed before any verdict."
+    )
+    reference_requests: int = Field(
+        default=200,
+        ge=20,
+        le=100_000,
+        description="Without registered reference images, the first N samples are the reference.",
+    )
+    psi_threshold: float = Field(
+        default=0.2, gt=0, le=10, description="PSI above which a feature may have drifted."
+    )
+    ks_pvalue: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="KS test level (Bonferroni-corrected over the features compared).",
+    )
+
+    @model_validator(mode="after")
+    def _window_holds_min(self) -> DriftConfig:
+        if self.min_window > self.window:
+            raise invalid(
+                "min_window ({value}) is larger than window ({window}); lower it",
+                field="min_window",
+                value=self.min_window,
+                window=self.window,
+            )
+        return self
+
+
 def _default_metrics() -> list[MetricName]:
     return ["latency", "throughput", "error_rate"]
 
@@ -101,6 +149,7 @@ class MonitoringConfig(Section):
     alerts: list[AlertRule] = Field(
         default_factory=_default_alerts, max_length=1000, description="Alert rules."
     )
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Image data drift.")
 
     @field_validator("metrics")
     @classmethod

@@ -40,6 +40,7 @@ from cvdeploy.config._monitoring import (
     KNOWN_METRICS,
     AlertRule,
     AlertThresholds,
+    DriftConfig,
     MonitoringConfig,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "AlertThresholds",
     "BatchingConfig",
     "CICDConfig",
+    "DriftConfig",
     "DeploymentConfig",
     "EndpointConfig",
     "LimitsConfig",

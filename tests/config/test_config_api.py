@@ -39,6 +39,7 @@ def test_public_names():
             "BatchingConfig",
             "CICDConfig",
             "Config",
+            "DriftConfig",
             "DeploymentConfig",
             "EndpointConfig",
             "LimitsConfig",
@@ -124,6 +125,7 @@ def test_monitoring_endpoint_and_ci_cd_config_keys():
         "alert_thresholds",
         "metrics",
         "alerts",
+        "drift",
     }
     assert set(config.get_endpoint_config()) == {
         "instance_type",

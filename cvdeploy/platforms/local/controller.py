@@ -26,6 +26,7 @@ from typing import Any
 
 from cvdeploy.config import ScalingConfig
 from cvdeploy.errors import CVDeployError
+from cvdeploy.monitoring.window import RequestWindow, summarize
 from cvdeploy.platforms.base import (
     EndpointCoreConfig,
     EndpointInfo,
@@ -45,7 +46,7 @@ from cvdeploy.platforms.local.records import EndpointRecord
 from cvdeploy.platforms.local.replicas import Replica, ReplicaSet, ReplicaSpec
 from cvdeploy.platforms.local.routing import CircuitBreaker, TokenBucket, WeightedRouter
 from cvdeploy.platforms.local.state import PlatformState
-from cvdeploy.platforms.local.telemetry import PlatformMetrics, RequestWindow, summarize
+from cvdeploy.platforms.local.telemetry import PlatformMetrics
 from cvdeploy.registry import Registry
 from cvdeploy.runtime.providers import default_intra_op_threads
 from cvdeploy.serving.settings import ServeSettings

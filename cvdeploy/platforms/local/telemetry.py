@@ -1,22 +1,16 @@
-"""What the gateway measures: Prometheus series per endpoint and a sliding request window.
+"""What the gateway measures in Prometheus series, every one labelled by endpoint.
 
-The Prometheus series are what ``GET /metrics`` and ``GET .../serving-endpoints/{name}/metrics``
-serve (the latter filtered to one endpoint, as Databricks' metrics export is). The
-:class:`RequestWindow` keeps the last few minutes of requests per served entity in memory, so
-``monitor_endpoint`` can give exact p50/p95/p99 without a Prometheus server.
+They are what ``GET /metrics`` and ``GET .../serving-endpoints/{name}/metrics`` serve (the
+latter filtered to one endpoint, as Databricks' metrics export is). Exact percentiles for
+``monitor_endpoint`` come from :class:`cvdeploy.monitoring.window.RequestWindow`, one per
+served entity.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Callable
-from typing import Any
-
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["PlatformMetrics", "RequestWindow", "summarize"]
+__all__ = ["PlatformMetrics"]
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
@@ -120,66 +114,3 @@ class PlatformMetrics:
                 names = metric._labelnames
                 if dict(zip(names, labels, strict=True)).get("endpoint") == endpoint:
                     metric.remove(*labels)
-
-
-class RequestWindow:
-    """The last ``horizon_s`` seconds of one served entity's requests, for exact percentiles.
-
-    Bounded by ``max_items`` too, so a flood costs a fixed amount of memory (the oldest
-    requests fall out first, which only shortens the window).
-    """
-
-    def __init__(
-        self,
-        horizon_s: float = 300.0,
-        max_items: int = 50_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.horizon_s = horizon_s
-        self._clock = clock
-        self._items: deque[tuple[float, float, int]] = deque(maxlen=max_items)
-        self.total = 0
-        self.errors = 0
-
-    def record(self, seconds: float, status: int) -> None:
-        self._items.append((self._clock(), seconds, status))
-        self.total += 1
-        if status >= 500:
-            self.errors += 1
-
-    def recent(self, window_s: float) -> list[tuple[float, int]]:
-        """``(seconds, status)`` of the requests in the last ``window_s`` seconds."""
-        now = self._clock()
-        start = now - min(window_s, self.horizon_s)
-        while self._items and self._items[0][0] < now - self.horizon_s:
-            self._items.popleft()
-        return [(s, status) for t, s, status in self._items if t >= start]
-
-    def summary(self, window_s: float = 60.0) -> dict[str, Any]:
-        """Requests, throughput, error rate and latency percentiles (ms) over ``window_s``."""
-        return summarize(self.recent(window_s), window_s)
-
-
-def summarize(recent: list[tuple[float, int]], window_s: float) -> dict[str, Any]:
-    """The figures of :meth:`RequestWindow.summary` for ``(seconds, status)`` pairs."""
-    count = len(recent)
-    server_errors = sum(1 for _, status in recent if status >= 500)
-    client_errors = sum(1 for _, status in recent if 400 <= status < 500)
-    summary: dict[str, Any] = {
-        "window_s": window_s,
-        "requests": count,
-        "throughput_rps": round(count / window_s, 3) if window_s > 0 else 0.0,
-        "error_rate": round(server_errors / count, 4) if count else 0.0,
-        "client_error_rate": round(client_errors / count, 4) if count else 0.0,
-        "latency_ms": None,
-    }
-    if count:
-        latencies = np.fromiter((s for s, _ in recent), dtype=np.float64, count=count) * 1e3
-        p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-        summary["latency_ms"] = {
-            "p50": round(float(p50), 3),
-            "p95": round(float(p95), 3),
-            "p99": round(float(p99), 3),
-            "mean": round(float(latencies.mean()), 3),
-        }
-    return summary
