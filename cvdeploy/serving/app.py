@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -48,6 +49,7 @@ _OPEN_PATHS = (
     "/health",
     "/version",
     "/metrics",
+    "/monitoring",
     "/docs",
     "/openapi.json",
     "/redoc",
@@ -99,8 +101,21 @@ def create_app(
 
     app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics")
 
+    async def monitoring(window_s: float = 60.0) -> JSONResponse:
+        if not 0 < window_s <= eng.recorder.horizon_s:
+            raise InputError(
+                f"window_s must be in (0, {eng.recorder.horizon_s:g}] seconds, got {window_s:g}"
+            )
+        # psutil and the percentiles take a moment: keep them off the event loop.
+        return JSONResponse(await asyncio.to_thread(eng.recorder.snapshot, window_s))
+
+    app.add_api_route(
+        "/monitoring", monitoring, methods=["GET"], summary="Live figures for ModelMonitor"
+    )
+
     def observe(route: str, status: int, seconds: float) -> None:
         eng.metrics.observe_request(route, status, seconds)
+        eng.recorder.observe_request(route, status, seconds)
 
     if eng.settings.token:
         app.add_middleware(TokenMiddleware, token=eng.settings.token)
@@ -150,6 +165,9 @@ def _add_error_handlers(app: FastAPI, engine: InferenceEngine) -> None:
             raise exc
         request_id = _request_id(request)
         engine.metrics.observe_error(type(exc).__name__)
+        engine.recorder.observe_error(
+            type(exc).__name__, exc.status_code, exc.public_message(), request_id
+        )
         if exc.status_code >= 500 and isinstance(exc, InferenceError):
             logger.error(
                 "inference failed (request %s): %s", request_id, exc, exc_info=exc.__cause__

@@ -30,6 +30,7 @@ from cvdeploy.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
+from cvdeploy.monitoring.recorder import ServingRecorder
 from cvdeploy.runtime import (
     ImageLimits,
     Model,
@@ -105,6 +106,8 @@ class InferenceEngine:
         self.name = settings.model_name
         self.version = settings.version
         self.metrics = ServingMetrics(self.name, self.version)
+        #: Exact, live figures for ``GET /monitoring`` and ``ModelMonitor``.
+        self.recorder = ServingRecorder(self.name, self.version)
         self.stats = EngineStats()
         #: Milliseconds per image by batch size, measured at start-up (empty when not tuned).
         self.tuned_batch_sizes: dict[int, float] = {}
@@ -130,10 +133,14 @@ class InferenceEngine:
             max_batch_size=batching.max_batch_size if batching.enabled else 1,
             max_queue_delay_ms=batching.max_queue_delay_ms if batching.enabled else 0.0,
             max_queue_size=batching.max_queue_size,
-            observer=self.metrics.observe_batch,
+            observer=self._observe_batch,
             name=self.name,
         )
         self._cache = _ResultCache(settings.cache_size) if settings.cache_size > 0 else None
+
+    def _observe_batch(self, size: int, seconds: float, waits: Sequence[float]) -> None:
+        self.metrics.observe_batch(size, seconds, waits)
+        self.recorder.observe_batch(size, waits)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
