@@ -60,6 +60,15 @@ class AlertRule(Section):
         description="Level in the metric's unit: latency p95 milliseconds, error_rate a "
         "fraction (0.01 = 1%), cpu/memory/gpu percent, throughput requests per second.",
     )
+    comparison: Literal[">", ">=", "<", "<="] = Field(
+        default=">", description="Fires when `value comparison threshold` holds."
+    )
+    for_s: float = Field(
+        default=0, ge=0, le=86_400, description="Seconds the condition must hold before firing."
+    )
+    severity: Literal["info", "warning", "critical"] = Field(
+        default="warning", description="Label for routing the alert."
+    )
 
     @model_validator(mode="after")
     def _unit(self) -> AlertRule:

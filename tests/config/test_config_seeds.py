@@ -74,9 +74,9 @@ def test_seed_001_layout_parses_from_its_documented_path(write):
     }
     monitoring = config.get_monitoring_config()
     assert monitoring["metrics"] == ["latency", "throughput", "error_rate"]
-    assert monitoring["alerts"] == [
-        {"metric": "error_rate", "threshold": 0.01},
-        {"metric": "latency", "threshold": 100},
+    assert [(a["metric"], a["threshold"], a["comparison"]) for a in monitoring["alerts"]] == [
+        ("error_rate", 0.01, ">"),
+        ("latency", 100, ">"),
     ]
     assert config.get_ci_cd_config()["metrics_threshold"] == {
         "accuracy": 0.9,
@@ -119,8 +119,8 @@ def test_defaults_equal_seed_values():
         "alert_thresholds": {"cpu": 80, "memory": 80, "latency": 1000},
         "metrics": ["latency", "throughput", "error_rate"],
         "alerts": [
-            {"metric": "error_rate", "threshold": 0.01},
-            {"metric": "latency", "threshold": 100},
+            {"metric": m, "threshold": t, "comparison": ">", "for_s": 0, "severity": "warning"}
+            for m, t in (("error_rate", 0.01), ("latency", 100))
         ],
     }
     scaling = deployment["scaling"]
