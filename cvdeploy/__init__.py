@@ -58,6 +58,7 @@ __all__ = [
     "InvalidParameterError",
     "Model",
     "ModelLoadError",
+    "ModelMonitor",
     "ModelNotFoundError",
     "ModelServer",
     "NotAvailableError",
@@ -76,6 +77,7 @@ __all__ = [
 _LAZY = {
     "Config": "cvdeploy.config",
     "ModelServer": "cvdeploy.serving.model_server",
+    "ModelMonitor": "cvdeploy.monitoring.monitor",
     "ClassificationResult": "cvdeploy.runtime",
     "Detection": "cvdeploy.runtime",
     "DetectionResult": "cvdeploy.runtime",

@@ -22,6 +22,7 @@ EXPECTED = {
     "InvalidParameterError",
     "Model",
     "ModelLoadError",
+    "ModelMonitor",
     "ModelNotFoundError",
     "ModelServer",
     "NotAvailableError",

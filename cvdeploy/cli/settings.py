@@ -89,6 +89,7 @@ def settings_for_serve(
         token=token if token is not None else deployment.get("token"),
         intra_op_threads=deployment.get("intra_op_threads"),
         model_options=model_options,
+        drift=deployment.get("drift"),
     )
     bind_host = host or str(deployment.get("host", "127.0.0.1"))
     bind_port = port if port is not None else int(deployment.get("port", 8000))

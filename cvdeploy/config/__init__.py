@@ -111,10 +111,11 @@ class Config:
         return self.model.model_dump()
 
     def get_deployment_config(self) -> dict[str, Any]:
-        """Keyword arguments for ``ModelServer``: the server keys plus batching/limits/scaling.
+        """Keyword arguments for ``ModelServer``: the server keys plus batching/limits/scaling
+        and the server-side drift sampling (``monitoring.drift``).
 
         Exactly ``host, port, workers, timeout, cache_size, log_level, access_log,
-        intra_op_threads, token, batching, limits, scaling``.
+        intra_op_threads, token, batching, limits, scaling, drift``.
         """
         deployment = self.deployment
         return {
@@ -122,6 +123,7 @@ class Config:
             "batching": deployment.batching.model_dump(),
             "limits": deployment.limits.model_dump(),
             "scaling": deployment.scaling.model_dump(),
+            "drift": deployment.monitoring.drift.model_dump(),
         }
 
     def get_monitoring_config(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,15 +27,18 @@ logger = logging.getLogger("cvdeploy.monitoring")
 class ResourceSampler:
     """Samples the processes ``pids()`` returns (default: this process and its children).
 
-    CPU percent is measured between two calls, as ``top`` does, so the first call of a new
-    process reads 0.
+    CPU is measured between two calls, as ``top`` does; a process seen for the first time is
+    measured since it started, so the first reading is an average rather than a useless 0.
     """
 
     def __init__(self, pids: Callable[[], Sequence[int]] | None = None) -> None:
         self._pids = pids
         self._procs: dict[int, psutil.Process] = {}
+        # pid -> (wall time, CPU seconds) at the previous reading
+        self._last: dict[int, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._cores = psutil.cpu_count() or os.cpu_count() or 1
+        psutil.cpu_percent(None)  # primes the machine-wide reading
 
     def _watched(self) -> list[psutil.Process]:
         if self._pids is not None:
@@ -48,29 +52,40 @@ class ResourceSampler:
             if proc is None:
                 try:
                     proc = psutil.Process(pid)
-                    proc.cpu_percent(None)  # primes the interval
                 except psutil.Error:
                     continue
             alive[pid] = proc
         self._procs = alive
+        self._last = {pid: v for pid, v in self._last.items() if pid in alive}
         return list(alive.values())
+
+    def _cpu_seconds_per_second(self, proc: psutil.Process, now: float) -> float:
+        times = proc.cpu_times()
+        used = times.user + times.system
+        before = self._last.get(proc.pid)
+        if before is None:
+            before = (proc.create_time(), 0.0)
+        self._last[proc.pid] = (now, used)
+        elapsed = now - before[0]
+        return max(0.0, used - before[1]) / elapsed if elapsed > 0 else 0.0
 
     def sample(self) -> dict[str, Any]:
         """``cpu_percent``, ``system_cpu_percent``, ``memory_percent``, ``rss_bytes`` and the
         GPU figures (``gpu_utilization``, ``gpu_memory_percent``, ``gpu_memory_bytes``)."""
         with self._lock:
-            cpu = 0.0
+            now = time.time()
+            busy = 0.0
             rss = 0
             for proc in self._watched():
                 try:
                     with proc.oneshot():
-                        cpu += proc.cpu_percent(None)
+                        busy += self._cpu_seconds_per_second(proc, now)
                         rss += proc.memory_info().rss
                 except psutil.Error:
                     continue
         memory = psutil.virtual_memory()
         return {
-            "cpu_percent": round(min(100.0, cpu / self._cores), 2),
+            "cpu_percent": round(min(100.0, 100.0 * busy / self._cores), 2),
             "system_cpu_percent": round(psutil.cpu_percent(None), 2),
             "memory_percent": round(float(memory.percent), 2),
             "rss_bytes": rss,

@@ -56,15 +56,22 @@ class RequestWindow:
         return summarize(self.recent(window_s), window_s)
 
 
-def summarize(recent: list[tuple[float, int]], window_s: float) -> dict[str, Any]:
-    """The figures of :meth:`RequestWindow.summary` for ``(seconds, status)`` pairs."""
+def summarize(
+    recent: list[tuple[float, int]], window_s: float, span_s: float | None = None
+) -> dict[str, Any]:
+    """The figures of :meth:`RequestWindow.summary` for ``(seconds, status)`` pairs.
+
+    ``span_s`` is how much of the window was observed (a server up for 4 s of a 60 s window
+    has served at its rate over 4 s, not over 60).
+    """
+    span = min(window_s, span_s) if span_s else window_s
     count = len(recent)
     server_errors = sum(1 for _, status in recent if status >= 500)
     client_errors = sum(1 for _, status in recent if 400 <= status < 500)
     summary: dict[str, Any] = {
         "window_s": window_s,
         "requests": count,
-        "throughput_rps": round(count / window_s, 3) if window_s > 0 else 0.0,
+        "throughput_rps": round(count / span, 3) if span > 0 else 0.0,
         "error_rate": round(server_errors / count, 4) if count else 0.0,
         "client_error_rate": round(client_errors / count, 4) if count else 0.0,
         "latency_ms": None,

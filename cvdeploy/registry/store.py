@@ -263,6 +263,17 @@ class Registry:
             )
         return onnx
 
+    def reference_images(self, name: str, version_or_alias: str | int = "latest") -> list[Path]:
+        """The reference images stored with a version (the drift reference), confined to it.
+
+        Raises:
+            UnsafePathError: the card points outside the version's folder.
+        """
+        found = self.get_version(name, version_or_alias)
+        model_dir = self._model_dir(found)
+        card = read_card(model_dir)
+        return [p for rel in card.reference_images if (p := safe_join(model_dir, rel)).is_file()]
+
     # -- helpers -------------------------------------------------------------------------
 
     def _experiment_id(self) -> str:

@@ -61,10 +61,14 @@ def create_app(
     *,
     engine: InferenceEngine | None = None,
     access_log: bool = True,
+    load_in_background: bool = True,
 ) -> FastAPI:
     """Build the serving app for ``settings`` (or around an existing ``engine``).
 
     The model loads when the app starts (its lifespan); readiness is false until it is warm.
+    With ``load_in_background=False`` the lifespan waits for the model, so the server accepts
+    no connection before it can answer (what worker processes sharing a port need: otherwise
+    a request can reach a worker that is still loading and get a 503).
     """
     if engine is None:
         if settings is None:
@@ -74,7 +78,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await eng.start()
+        await eng.start(load_in_background=load_in_background)
         try:
             yield
         finally:

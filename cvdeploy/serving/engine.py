@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from cvdeploy.runtime import (
 from cvdeploy.serving.metrics import ServingMetrics
 from cvdeploy.serving.settings import ServeSettings
 from cvdeploy.serving.tuning import candidate_sizes, choose_batch_size, measure_per_image
+
+if TYPE_CHECKING:
+    from cvdeploy.monitoring.sampler import DriftSampler
 
 __all__ = ["EngineStats", "InferenceEngine"]
 
@@ -137,6 +140,7 @@ class InferenceEngine:
             name=self.name,
         )
         self._cache = _ResultCache(settings.cache_size) if settings.cache_size > 0 else None
+        self.drift: DriftSampler | None = None
 
     def _observe_batch(self, size: int, seconds: float, waits: Sequence[float]) -> None:
         self.metrics.observe_batch(size, seconds, waits)
@@ -175,8 +179,23 @@ class InferenceEngine:
                 self._load_error = exc
                 raise
             self._model = model
+        self._start_drift(self._model)
         self._ready.set()
         return self._model
+
+    def _start_drift(self, model: Model) -> None:
+        if self.drift is not None or not self.settings.drift.enabled:
+            return
+        from cvdeploy.monitoring.sampler import DriftSampler
+
+        params = model.default_params
+        self.drift = DriftSampler(
+            self.settings.drift,
+            self.image_limits,
+            reference_images=self.settings.reference_images,
+            predictor=lambda image: model.predict([image], params)[0].to_dict(),
+        )
+        self.recorder.drift = self.drift
 
     def _tune(self, model: Model) -> None:
         """Warm every batch size the batcher may use and pick the one it aims for (once)."""
@@ -216,6 +235,7 @@ class InferenceEngine:
             await asyncio.get_running_loop().run_in_executor(
                 self._decode_pool, self._tune, self._model
             )
+            self._start_drift(self._model)
             self._ready.set()
             return
         loop = asyncio.get_running_loop()
@@ -233,6 +253,8 @@ class InferenceEngine:
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         await self.batcher.stop(drain_timeout)
+        if self.drift is not None:
+            self.drift.close(timeout=1.0)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- prediction --------------------------------------------------------------------------
@@ -262,7 +284,10 @@ class InferenceEngine:
         deadline = self._deadline(timeout)
         self.check_count(len(images))
         params = params or self.model.default_params
-        return await self._timed(self._encoded(images, params, deadline))
+        results = await self._timed(self._encoded(images, params, deadline))
+        if self.drift is not None:
+            self.drift.offer(images, results)
+        return results
 
     async def predict_arrays(
         self,
@@ -276,7 +301,10 @@ class InferenceEngine:
         params = params or self.model.default_params
         model = self.model
         prepare = [(lambda img=img: model.preprocess(img)) for img in images]
-        return await self._timed(self._prepared_jobs(prepare, params, deadline))
+        results = await self._timed(self._prepared_jobs(prepare, params, deadline))
+        if self.drift is not None:
+            self.drift.offer(images, results)
+        return results
 
     async def predict_tensors(
         self,

@@ -41,7 +41,15 @@ from cvdeploy.serving.settings import ServeSettings
 __all__ = ["ModelServer"]
 
 #: ModelServer options that are server settings rather than model-loading options.
-_SERVER_OPTIONS = ("cache_size", "intra_op_threads", "log_level", "access_log", "name", "version")
+_SERVER_OPTIONS = (
+    "cache_size",
+    "intra_op_threads",
+    "log_level",
+    "access_log",
+    "name",
+    "version",
+    "drift",
+)
 #: Config spellings (``model:`` section) accepted as aliases of load_model's argument names.
 _MODEL_ALIASES = {"conf_threshold": "conf", "iou_threshold": "iou", "model_type": "task"}
 _MODEL_OPTIONS = frozenset(
@@ -143,6 +151,7 @@ class ModelServer:
             token=token,
             intra_op_threads=server_options.get("intra_op_threads"),
             model_options=model_options,
+            drift=server_options.get("drift"),
         )
         self._model: Model | None = None
 

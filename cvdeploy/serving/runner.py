@@ -26,6 +26,7 @@ import httpx
 import uvicorn
 
 from cvdeploy.errors import CVDeployError, ModelLoadError
+from cvdeploy.monitoring.shared import ENV_MONITORING_DIR
 from cvdeploy.serving.engine import InferenceEngine
 from cvdeploy.serving.settings import SETTINGS_ENV, ServeSettings
 
@@ -54,7 +55,8 @@ def app_from_env() -> Any:
 
     settings = ServeSettings.from_env()
     configure_logging(os.environ.get("CVDEPLOY_LOG_LEVEL", "info"))
-    return create_app(settings)
+    # Workers share one listening socket: one still loading must not take connections.
+    return create_app(settings, load_in_background=False)
 
 
 def serve_forever(settings: ServeSettings, host: str, port: int, log_level: str = "info") -> None:
@@ -75,9 +77,14 @@ def serve_forever(settings: ServeSettings, host: str, port: int, log_level: str 
     del engine
     os.environ[SETTINGS_ENV] = settings.to_json()
     os.environ["CVDEPLOY_LOG_LEVEL"] = log_level
-    with tempfile.TemporaryDirectory(prefix="cvdeploy-prom-") as prom_dir:
-        # Every worker writes its samples here; /metrics on any worker sums them all.
+    with (
+        tempfile.TemporaryDirectory(prefix="cvdeploy-prom-") as prom_dir,
+        tempfile.TemporaryDirectory(prefix="cvdeploy-monitoring-") as monitoring_dir,
+    ):
+        # Every worker writes its samples here; /metrics on any worker sums them all, and
+        # /monitoring merges every worker's figures.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom_dir
+        os.environ[ENV_MONITORING_DIR] = monitoring_dir
         uvicorn.run(
             "cvdeploy.serving.runner:app_from_env",
             factory=True,

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from cvdeploy.config import BatchingConfig, LimitsConfig, validate_section
+from cvdeploy.config import BatchingConfig, DriftConfig, LimitsConfig, validate_section
 from cvdeploy.errors import ConfigError
 
 __all__ = ["SETTINGS_ENV", "ServeSettings"]
@@ -37,6 +37,10 @@ class ServeSettings:
     intra_op_threads: int | None = None
     #: Keyword arguments for ``cvdeploy.runtime.load_model`` (labels, thresholds, providers...).
     model_options: dict[str, Any] = field(default_factory=dict)
+    #: Image drift sampling (the config's ``deployment.monitoring.drift``).
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    #: Registered reference images, the drift reference (else the first requests are).
+    reference_images: list[str] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -44,11 +48,13 @@ class ServeSettings:
         *,
         batching: object = None,
         limits: object = None,
+        drift: object = None,
         **kwargs: Any,
     ) -> ServeSettings:
         return cls(
             batching=validate_section(BatchingConfig, batching, name="batching"),
             limits=validate_section(LimitsConfig, limits, name="limits"),
+            drift=validate_section(DriftConfig, drift, name="monitoring.drift"),
             **kwargs,
         )
 
@@ -62,6 +68,7 @@ class ServeSettings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["batching"] = self.batching.model_dump()
         data["limits"] = self.limits.model_dump()
+        data["drift"] = self.drift.model_dump()
         return json.dumps(data, default=os.fspath)  # Path values (a labels file) as strings
 
     @classmethod

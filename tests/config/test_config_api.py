@@ -90,6 +90,7 @@ def test_deployment_config_is_exactly_model_server_keywords():
         "access_log",
         "intra_op_threads",
         "token",
+        "drift",
     }
     deployment = config.get_deployment_config()
     assert deployment["batching"] == {

@@ -61,3 +61,50 @@ def test_windows_drop_old_requests_with_a_fake_clock() -> None:
     assert later["requests"] == 0
     assert later["latency_ms"] is None
     assert later["batch"]["batches"] == 0
+
+
+def _darkened(png: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    dark = image.point(lambda v: int(v * 0.3))
+    out = io.BytesIO()
+    dark.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_darkened_stream_is_flagged_by_the_servers_drift_sampler() -> None:
+    drift = {"sample_rate": 1.0, "reference_requests": 40, "window": 60, "min_window": 40}
+    digits = [p.read_bytes() for p in sample_images("digit_*")]
+    server = ModelServer("classification", demo_file(CLASSIFIER), port=0, access_log=False,
+                         drift=drift)  # fmt: skip
+    with server, httpx.Client(base_url=server.url, timeout=30) as http:
+
+        def send(images: list[bytes]) -> None:
+            for png in images:
+                answer = http.post(f"/v1/models/{server.name}/predict", content=png,
+                                   headers={"content-type": "image/png"})  # fmt: skip
+                assert answer.status_code == 200
+
+        def drift_report() -> dict:
+            import time
+
+            for _ in range(100):  # the sampler works behind the requests
+                report = http.get("/monitoring").json()["drift"]
+                if report.get("observed", 0) >= report.get("sampled", 0) > 0:
+                    return report
+                time.sleep(0.05)
+            return report
+
+        send(digits * 4)  # 40 requests: the reference
+        send(digits * 5)  # in distribution
+        quiet = drift_report()
+        send([_darkened(png) for png in digits] * 6)
+        flagged = drift_report()
+    assert quiet["status"] == "ok", quiet
+    assert quiet["reference"] == "first requests"
+    assert flagged["status"] == "drift", flagged
+    assert "brightness" in flagged["drifted"]
+    assert flagged["failed"] == 0

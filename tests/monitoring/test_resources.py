@@ -14,7 +14,8 @@ def test_a_busy_child_shows_up_as_cpu_of_the_machine():
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         sampler = ResourceSampler(pids=lambda: [child.pid])
-        sampler.sample()  # primes the interval
+        time.sleep(0.3)
+        assert sampler.sample()["cpu_percent"] > 0  # since the child started: not a blank 0
         time.sleep(0.5)
         sample = sampler.sample()
     finally:

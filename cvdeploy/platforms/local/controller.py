@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvdeploy.config import ScalingConfig
+from cvdeploy.config import DriftConfig, ScalingConfig
 from cvdeploy.errors import CVDeployError
 from cvdeploy.monitoring.window import RequestWindow, summarize
 from cvdeploy.platforms.base import (
@@ -73,6 +73,8 @@ class PlatformOptions:
     request_timeout_s: float = 60.0
     max_body_bytes: int = 64 * 1024 * 1024
     registry_uri: str | None = None
+    #: Drift sampling in every replica (the config's ``deployment.monitoring.drift``).
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
 
 @dataclass
@@ -440,6 +442,7 @@ class LocalPlatform:
         version = self.registry.get_version(entity.entity_name, entity.entity_version)
         path = self.registry.model_path(entity.entity_name, entity.entity_version)
         card = self.registry.card(entity.entity_name, entity.entity_version)
+        references = self.registry.reference_images(entity.entity_name, entity.entity_version)
         threads = default_intra_op_threads(1)
         memory_mb: int | None = None
         if entity.instance_type is not None:
@@ -462,6 +465,8 @@ class LocalPlatform:
             limits={"max_body_bytes": self.options.max_body_bytes},
             intra_op_threads=threads,
             model_options=model_options,
+            drift=self.options.drift,
+            reference_images=[str(p) for p in references],
         )
         env = {"OMP_NUM_THREADS": str(threads)}
         return ReplicaSpec(

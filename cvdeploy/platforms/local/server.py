@@ -46,6 +46,7 @@ def platform_options(config_path: str | Path | None = None, **overrides: Any) ->
         scaling=deployment.scaling,
         request_timeout_s=float(deployment.server.timeout),
         max_body_bytes=int(deployment.limits.max_body_bytes),
+        drift=deployment.monitoring.drift,
     )
     return replace(options, **overrides)
 

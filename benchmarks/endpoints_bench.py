@@ -16,26 +16,14 @@ Runs ``cvdeploy up`` as a separate process (its own GIL, like a real deployment)
    request is counted by status and by the ``served-model-name`` that answered. Target: 0
    failed requests.
 
-    python benchmarks/platform.py             # full run (~1.5 minutes on 2 cores)
-    python benchmarks/platform.py --quick     # smoke test (~1 minute)
+    python benchmarks/endpoints_bench.py             # full run (~1.5 minutes on 2 cores)
+    python benchmarks/endpoints_bench.py --quick     # smoke test (~1 minute)
 
-Needs ``wrk`` on PATH (``apt-get install wrk``). Writes ``benchmarks/results/platform.json``
+Needs ``wrk`` on PATH (``apt-get install wrk``). Writes ``benchmarks/results/endpoints.json``
 (``--json PATH``). See benchmarks/README.md, section "Platform".
 """
 
-# This file shares its name with the standard library's ``platform``. Run as a script, its
-# folder is sys.path[0] and would shadow the real one for every import below (serving.py's,
-# NumPy's, ...), so the folder moves to the end of sys.path before anything else is imported.
-# ruff: noqa: E402
-
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.append(str(_HERE))
 
 import argparse
 import base64
@@ -46,11 +34,13 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,7 +48,7 @@ import psutil
 import serving  # the serving benchmark's wrk driver, CPU meter and report helpers
 
 REPO = serving.REPO
-DEFAULT_OUT = serving.BENCH_DIR / "results" / "platform.json"
+DEFAULT_OUT = serving.BENCH_DIR / "results" / "endpoints.json"
 DEMO = REPO / "cvdeploy" / "demo"
 DIGITS = DEMO / "digits_classifier.onnx"
 SHAPES = DEMO / "shapes_detector.onnx"
