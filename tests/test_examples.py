@@ -88,3 +88,32 @@ def test_seed_001_snippet_runs_against_a_running_cvdeploy_up(tmp_path):
             assert platform.platform.runtime("cv_endpoint") is not None
     finally:
         patch.undo()
+
+
+@pytest.mark.slow
+def test_seed_000_monitoring_snippet_reports_live_figures_for_a_busy_server(tmp_path):
+    import json
+
+    env = {
+        **os.environ,
+        "CVDEPLOY_DEPLOYMENT__SERVER__PORT": str(free_port()),
+        "CVDEPLOY_HOME": str(tmp_path),
+    }
+    env.pop("CVDEPLOY_CONFIG", None)
+    result = subprocess.run(
+        [sys.executable, "seed_000_monitoring.py"],
+        cwd=EXAMPLES,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout)
+    assert metrics["status"] == "ok"
+    assert metrics["workers"] == 4  # the seed's config: figures merged over every worker
+    assert metrics["requests"] > 0
+    assert metrics["throughput_rps"] > 0
+    assert metrics["latency_ms"]["p95"] > 0
+    assert set(metrics["metrics"]) == {"latency", "throughput", "error_rate"}

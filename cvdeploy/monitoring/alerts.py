@@ -368,13 +368,22 @@ def rules_from_config(
     for rule in candidates:
         if rule not in unique:
             unique.append(rule)
+    # Rules sharing a derived name get the threshold, then a counter, appended: states are
+    # keyed by name (e.g. seed 000's `cpu: 80` beside a `cpu > 80 for 30 s critical` rule).
     names = [rule.name for rule in unique]
-    return [
+    named = [
         replace(rule, name=f"{rule.name}_{_number(rule.threshold)}")
         if names.count(rule.name) > 1
         else rule
         for rule in unique
     ]
+    seen: dict[str, int] = {}
+    result = []
+    for rule in named:
+        count = seen.get(rule.name, 0)
+        seen[rule.name] = count + 1
+        result.append(rule if count == 0 else replace(rule, name=f"{rule.name}_{count + 1}"))
+    return result
 
 
 class AlertManager:

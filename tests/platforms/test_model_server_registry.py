@@ -146,3 +146,32 @@ def test_rate_limit_answers_429_with_retry_after(server: PlatformServer) -> None
     assert [c.status_code for c in codes] == [200, 200, 200, 429, 429]
     assert codes[-1].json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
     assert int(codes[-1].headers["retry-after"]) >= 1
+
+
+def test_model_monitor_watches_an_endpoint(server: PlatformServer) -> None:
+    from cvdeploy import ModelMonitor
+
+    ms = ModelServer(workspace_url=server.url, model_name="cv_model")
+    ms.create_endpoint("watched", min_instances=1, max_instances=1)
+    with httpx.Client(timeout=30) as http:
+        for digit in range(10):
+            answer = http.post(
+                f"{server.url}/serving-endpoints/watched/invocations",
+                json={"inputs": [digit_b64(digit)]},
+            )
+            assert answer.status_code == 200
+    for target in (ms, "watched"):
+        monitor = ModelMonitor(target, platform_url=server.url, history=False, sinks=[])
+        metrics = monitor.get_metrics()
+        monitor.stop()
+        assert metrics["status"] == "ok", metrics
+        assert metrics["kind"] == "endpoint"
+        assert metrics["source"] == "endpoint:watched"
+        assert metrics["requests"] == 10
+        assert metrics["latency_ms"]["p95"] > 0
+        assert metrics["replicas"] == 1
+        assert metrics["resources"]["rss_bytes"] > 0
+        version = metrics["versions"]["cv_model-1"]
+        assert version["requests"] == 10
+        assert version["drift"]["status"] in {"collecting_reference", "insufficient_data", "ok"}
+    ms.delete_endpoint("watched")
