@@ -12,7 +12,9 @@ import typer
 from cvdeploy import __version__
 from cvdeploy.cli.admin import audit, backup, restore
 from cvdeploy.cli.endpoints import endpoints_app
+from cvdeploy.cli.logs import logs
 from cvdeploy.cli.models import models_app
+from cvdeploy.cli.monitor import alerts, monitor
 from cvdeploy.cli.output import console, err_console, fail
 from cvdeploy.cli.platform import down, up
 from cvdeploy.cli.tokens import tokens_app
@@ -164,6 +166,13 @@ def demo(
 # The local platform (cvdeploy/cli/platform.py).
 app.command()(up)
 app.command()(down)
+
+# Watching servers and endpoints (cvdeploy/cli/monitor.py).
+app.command()(monitor)
+app.command()(alerts)
+
+# Sampled request records, the payload log (cvdeploy/cli/logs.py).
+app.command()(logs)
 
 # Operating the platform state (cvdeploy/cli/admin.py); listed after the serving commands.
 app.command()(audit)

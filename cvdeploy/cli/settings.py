@@ -90,6 +90,7 @@ def settings_for_serve(
         intra_op_threads=deployment.get("intra_op_threads"),
         model_options=model_options,
         drift=deployment.get("drift"),
+        payload_log=deployment.get("payload_log"),
     )
     bind_host = host or str(deployment.get("host", "127.0.0.1"))
     bind_port = port if port is not None else int(deployment.get("port", 8000))

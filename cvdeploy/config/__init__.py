@@ -32,6 +32,7 @@ from cvdeploy.config.schema import (
     ModelConfig,
     MonitoringConfig,
     NormalizationConfig,
+    PayloadLogConfig,
     RootConfig,
     ScalingConfig,
     ServerConfig,
@@ -53,6 +54,7 @@ __all__ = [
     "ModelConfig",
     "MonitoringConfig",
     "NormalizationConfig",
+    "PayloadLogConfig",
     "RootConfig",
     "ScalingConfig",
     "ServerConfig",
@@ -112,10 +114,11 @@ class Config:
 
     def get_deployment_config(self) -> dict[str, Any]:
         """Keyword arguments for ``ModelServer``: the server keys plus batching/limits/scaling
-        and the server-side drift sampling (``monitoring.drift``).
+        and the server-side drift sampling and payload logging (``monitoring.drift``,
+        ``monitoring.payload_log``).
 
         Exactly ``host, port, workers, timeout, cache_size, log_level, access_log,
-        intra_op_threads, token, batching, limits, scaling, drift``.
+        intra_op_threads, token, batching, limits, scaling, drift, payload_log``.
         """
         deployment = self.deployment
         return {
@@ -124,15 +127,17 @@ class Config:
             "limits": deployment.limits.model_dump(),
             "scaling": deployment.scaling.model_dump(),
             "drift": deployment.monitoring.drift.model_dump(),
+            "payload_log": deployment.monitoring.payload_log.model_dump(),
         }
 
     def get_monitoring_config(self) -> dict[str, Any]:
         """Keyword arguments for ``ModelMonitor``.
 
         ``metrics_interval``, ``alert_thresholds``, ``metrics`` and ``alerts``, from
-        ``deployment.monitoring`` merged with a top-level ``monitoring:``.
+        ``deployment.monitoring`` merged with a top-level ``monitoring:``. Payload logging
+        (``payload_log``) is a server setting, in :meth:`get_deployment_config` only.
         """
-        return self.monitoring.model_dump()
+        return self.monitoring.model_dump(exclude={"payload_log"})
 
     def get_endpoint_config(self) -> dict[str, Any]:
         """Defaults for ``ModelServer.create_endpoint`` (instance type, instance bounds)."""

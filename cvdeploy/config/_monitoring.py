@@ -6,7 +6,7 @@ error_rate as a fraction.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,6 +19,7 @@ __all__ = [
     "DriftConfig",
     "MetricName",
     "MonitoringConfig",
+    "PayloadLogConfig",
 ]
 
 MetricName = Literal[
@@ -130,6 +131,37 @@ class DriftConfig(Section):
         return self
 
 
+class PayloadLogConfig(Section):
+    """Payload logging (inference tables): a sampled record per request in a bounded store.
+
+    Off by default: a record holds a hash of the user's image, its predictions and, with
+    ``store_images``, the image itself.
+    """
+
+    enabled: bool = Field(
+        default=False, description="Write sampled request records (opt in: user data)."
+    )
+    sample_rate: float = Field(
+        default=0.05, gt=0, le=1, description="Share of images that get a record."
+    )
+    path: str | None = Field(
+        default=None, description="SQLite file; null means $CVDEPLOY_HOME/payloads.db."
+    )
+    max_rows: int = Field(
+        default=100_000, ge=1, le=100_000_000, description="Records kept; the oldest are deleted."
+    )
+    store_images: bool = Field(
+        default=False, description="Also store the encoded image bytes (up to max_image_bytes)."
+    )
+    max_image_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1,
+        le=1024 * 1024 * 1024,
+        description="Largest image stored with store_images; larger ones get a record without "
+        "the bytes.",
+    )
+
+
 def _default_metrics() -> list[MetricName]:
     return ["latency", "throughput", "error_rate"]
 
@@ -159,6 +191,13 @@ class MonitoringConfig(Section):
         default_factory=_default_alerts, max_length=1000, description="Alert rules."
     )
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Image data drift.")
+    cost_per_hour: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(
+        default_factory=dict,
+        description="Price of one replica-hour by instance type, for cost estimates.",
+    )
+    payload_log: PayloadLogConfig = Field(
+        default_factory=PayloadLogConfig, description="Sampled request records (inference tables)."
+    )
 
     @field_validator("metrics")
     @classmethod

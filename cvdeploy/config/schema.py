@@ -42,6 +42,7 @@ from cvdeploy.config._monitoring import (
     AlertThresholds,
     DriftConfig,
     MonitoringConfig,
+    PayloadLogConfig,
 )
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "ModelConfig",
     "MonitoringConfig",
     "NormalizationConfig",
+    "PayloadLogConfig",
     "RootConfig",
     "ScalingConfig",
     "ServerConfig",

@@ -24,6 +24,7 @@ from typing import Any
 from cvdeploy.config import MonitoringConfig, validate_section
 from cvdeploy.errors import ConfigError, CVDeployError
 from cvdeploy.monitoring.alerts import AlertManager, rules_from_config
+from cvdeploy.monitoring.cost import cost_estimate
 from cvdeploy.monitoring.history import MetricsHistory
 from cvdeploy.monitoring.sinks import Sink, sink_from_url
 from cvdeploy.monitoring.sources import EndpointSource, ServerSource, Source
@@ -64,6 +65,7 @@ class ModelMonitor:
         alerts: Seed 001's ``[{metric, threshold, ...}]`` rules.
         drift: The config's drift section; drift is sampled by the server, so this is only
             validated here (``cvdeploy serve`` and ``ModelServer`` read it from the config).
+        cost_per_hour: Price of a replica-hour by instance type (endpoint cost estimates).
         token: Bearer token for the server or platform.
         window_s: Seconds the figures cover; default ``metrics_interval`` within [10, 300].
         sinks: Where alerts go: ``Sink`` objects or URLs (``"log"``, ``https://hook``,
@@ -83,6 +85,7 @@ class ModelMonitor:
         metrics: Sequence[str] | None = None,
         alerts: Sequence[Mapping[str, Any]] | None = None,
         drift: Mapping[str, Any] | None = None,
+        cost_per_hour: Mapping[str, float] | None = None,
         *,
         token: str | None = None,
         window_s: float | None = None,
@@ -98,6 +101,7 @@ class ModelMonitor:
             ("metrics", metrics),
             ("alerts", alerts),
             ("drift", drift),
+            ("cost_per_hour", cost_per_hour),
         ):
             if value is not None:
                 section[key] = value
@@ -182,7 +186,8 @@ class ModelMonitor:
         ``p95``, ``p99``, ``mean``), ``error_rate``, ``client_error_rate``, ``errors``,
         ``resources`` (``cpu_percent``, ``memory_percent``, ``rss_bytes``, GPU figures or
         None), ``batch``, ``drift``, ``metrics`` (the configured metric names and their
-        values), ``alerts`` (active ones); an endpoint adds ``versions`` and ``replicas``.
+        values), ``alerts`` (active ones); an endpoint adds ``versions``, ``replicas`` and
+        ``cost`` (replica-hours and, with ``cost_per_hour`` prices, an estimate).
         """
         now = self._clock()
         try:
@@ -203,6 +208,8 @@ class ModelMonitor:
         }
         if error is not None:
             snapshot["error"] = error
+        if "versions" in snapshot:
+            snapshot["cost"] = cost_estimate(snapshot["versions"], self.config.cost_per_hour)
         values = alert_values(snapshot) if status == "ok" else {}
         self.alerts.evaluate(values, now)
         snapshot["metrics"] = {name: values.get(name) for name in self.config.metrics}

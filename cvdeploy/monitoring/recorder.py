@@ -46,6 +46,12 @@ class DriftSource(Protocol):
     def report_dict(self) -> dict[str, Any]: ...
 
 
+class PayloadSource(Protocol):
+    """What the recorder needs of the payload logger (see :mod:`cvdeploy.monitoring.payloads`)."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 class ServingRecorder:
     """Requests, errors and batches of one serving process over the last ``horizon_s`` seconds.
 
@@ -83,6 +89,7 @@ class ServingRecorder:
         self.errors_by_status: Counter[int] = Counter()
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=max_error_samples)
         self.drift: DriftSource | None = None
+        self.payloads: PayloadSource | None = None
         folder = os.environ.get(ENV_MONITORING_DIR)
         self.shared_dir = Path(folder) if folder else None
         self._aggregates: SecondAggregates | None = None
@@ -204,6 +211,7 @@ class ServingRecorder:
                 **self._merged(window_s),
                 "resources": self.resources.sample(),
                 "drift": self.drift.report_dict() if self.drift is not None else {"status": "off"},
+                "payload_log": self._payload_stats(),
             }
         now = self._clock()
         start = now - window_s
@@ -235,7 +243,11 @@ class ServingRecorder:
             },
             "resources": self.resources.sample(),
             "drift": self.drift.report_dict() if self.drift is not None else {"status": "off"},
+            "payload_log": self._payload_stats(),
         }
+
+    def _payload_stats(self) -> dict[str, Any]:
+        return self.payloads.stats() if self.payloads is not None else {"status": "off"}
 
 
 def _worker_family() -> list[int]:

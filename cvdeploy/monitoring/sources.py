@@ -108,6 +108,8 @@ class EndpointSource:
                 "version": entity.get("version"),
                 "traffic_percentage": entity.get("traffic_percentage"),
                 "replicas": entity.get("ready_replicas", 0),
+                "instance_type": entity.get("instance_type"),
+                "replica_hours": entity.get("replica_hours", 0.0),
                 **entity.get("last_minute", {}),
                 "drift": drift,
             }
@@ -118,6 +120,7 @@ class EndpointSource:
             "state": stats.get("state"),
             "revision": stats.get("revision"),
             "replicas": replicas,
+            "replica_hours": round(sum(v["replica_hours"] for v in versions.values()), 6),
             "resources": {
                 # Replica CPU is per process (100 = one core); the machine share is comparable
                 # with a server's figure and with the seed's `cpu: 80`.

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from cvdeploy.config import Config
 from cvdeploy.errors import DeadlineExceededError, InputError, NotAvailableError
+from cvdeploy.monitoring.cost import cost_estimate
 from cvdeploy.platforms.base import (
     EndpointAlreadyExistsError,
     EndpointInfo,
@@ -179,9 +180,12 @@ class EndpointManager:
                 "error_rate": window.get("error_rate", 0.0),
                 "latency_ms": window.get("latency_ms"),
                 "autoscaler": entity.get("autoscaler"),
+                "instance_type": entity.get("instance_type"),
+                "replica_hours": entity.get("replica_hours", 0.0),
             }
         overall = stats.get("overall", {})
         state = stats.get("state", {})
+        prices = (self._config or Config()).monitoring.cost_per_hour
         return {
             "endpoint": endpoint_name,
             "state": state.get("ready"),
@@ -195,6 +199,7 @@ class EndpointManager:
             "replicas": sum(v["replicas"] for v in versions.values()),
             "traffic": {n: v["traffic_percentage"] for n, v in versions.items()},
             "versions": versions,
+            "cost": cost_estimate(versions, prices),
         }
 
     def rollback_endpoint(self, endpoint_name: str, to_revision: int | None = None) -> None:

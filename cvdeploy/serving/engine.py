@@ -46,6 +46,7 @@ from cvdeploy.serving.settings import ServeSettings
 from cvdeploy.serving.tuning import candidate_sizes, choose_batch_size, measure_per_image
 
 if TYPE_CHECKING:
+    from cvdeploy.monitoring.payloads import PayloadLogger
     from cvdeploy.monitoring.sampler import DriftSampler
 
 __all__ = ["EngineStats", "InferenceEngine"]
@@ -141,6 +142,7 @@ class InferenceEngine:
         )
         self._cache = _ResultCache(settings.cache_size) if settings.cache_size > 0 else None
         self.drift: DriftSampler | None = None
+        self.payloads: PayloadLogger | None = None
 
     def _observe_batch(self, size: int, seconds: float, waits: Sequence[float]) -> None:
         self.metrics.observe_batch(size, seconds, waits)
@@ -184,6 +186,7 @@ class InferenceEngine:
         return self._model
 
     def _start_drift(self, model: Model) -> None:
+        self._start_payload_log()
         if self.drift is not None or not self.settings.drift.enabled:
             return
         from cvdeploy.monitoring.sampler import DriftSampler
@@ -196,6 +199,16 @@ class InferenceEngine:
             predictor=lambda image: model.predict([image], params)[0].to_dict(),
         )
         self.recorder.drift = self.drift
+
+    def _start_payload_log(self) -> None:
+        if self.payloads is not None or not self.settings.payload_log.enabled:
+            return
+        from cvdeploy.monitoring.payloads import PayloadLogger
+
+        self.payloads = PayloadLogger(
+            self.settings.payload_log, self.name, self.version, limits=self.image_limits
+        )
+        self.recorder.payloads = self.payloads
 
     def _tune(self, model: Model) -> None:
         """Warm every batch size the batcher may use and pick the one it aims for (once)."""
@@ -255,6 +268,8 @@ class InferenceEngine:
         await self.batcher.stop(drain_timeout)
         if self.drift is not None:
             self.drift.close(timeout=1.0)
+        if self.payloads is not None:
+            self.payloads.close(timeout=5.0)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- prediction --------------------------------------------------------------------------
@@ -284,9 +299,12 @@ class InferenceEngine:
         deadline = self._deadline(timeout)
         self.check_count(len(images))
         params = params or self.model.default_params
+        started = time.perf_counter()
         results = await self._timed(self._encoded(images, params, deadline))
         if self.drift is not None:
             self.drift.offer(images, results)
+        if self.payloads is not None:
+            self.payloads.offer(images, results, time.perf_counter() - started)
         return results
 
     async def predict_arrays(
@@ -301,9 +319,12 @@ class InferenceEngine:
         params = params or self.model.default_params
         model = self.model
         prepare = [(lambda img=img: model.preprocess(img)) for img in images]
+        started = time.perf_counter()
         results = await self._timed(self._prepared_jobs(prepare, params, deadline))
         if self.drift is not None:
             self.drift.offer(images, results)
+        if self.payloads is not None:
+            self.payloads.offer(images, results, time.perf_counter() - started)
         return results
 
     async def predict_tensors(

@@ -49,6 +49,7 @@ _SERVER_OPTIONS = (
     "name",
     "version",
     "drift",
+    "payload_log",
 )
 #: Config spellings (``model:`` section) accepted as aliases of load_model's argument names.
 _MODEL_ALIASES = {"conf_threshold": "conf", "iou_threshold": "iou", "model_type": "task"}
@@ -84,7 +85,8 @@ class ModelServer:
         model_name: Registered model to serve (registry mode).
         model_version: Registered version (registry mode).
         **options: ``cache_size``, ``intra_op_threads``, ``log_level``, ``access_log``, ``name``
-            (served model name; default the file stem), ``version``, and model options:
+            (served model name; default the file stem), ``version``, ``drift`` and
+            ``payload_log`` (the config's ``monitoring`` sections), and model options:
             ``labels``, ``input_size``, ``providers``, ``conf`` (or ``conf_threshold``), ``iou``,
             ``max_det``, ``top_k``, ``normalization``, ``warmup``, ``output_layout``.
     """
@@ -152,6 +154,7 @@ class ModelServer:
             intra_op_threads=server_options.get("intra_op_threads"),
             model_options=model_options,
             drift=server_options.get("drift"),
+            payload_log=server_options.get("payload_log"),
         )
         self._model: Model | None = None
 

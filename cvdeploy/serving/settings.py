@@ -11,7 +11,13 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from cvdeploy.config import BatchingConfig, DriftConfig, LimitsConfig, validate_section
+from cvdeploy.config import (
+    BatchingConfig,
+    DriftConfig,
+    LimitsConfig,
+    PayloadLogConfig,
+    validate_section,
+)
 from cvdeploy.errors import ConfigError
 
 __all__ = ["SETTINGS_ENV", "ServeSettings"]
@@ -41,6 +47,8 @@ class ServeSettings:
     drift: DriftConfig = field(default_factory=DriftConfig)
     #: Registered reference images, the drift reference (else the first requests are).
     reference_images: list[str] = field(default_factory=list)
+    #: Sampled request records (the config's ``deployment.monitoring.payload_log``).
+    payload_log: PayloadLogConfig = field(default_factory=PayloadLogConfig)
 
     @classmethod
     def create(
@@ -49,12 +57,16 @@ class ServeSettings:
         batching: object = None,
         limits: object = None,
         drift: object = None,
+        payload_log: object = None,
         **kwargs: Any,
     ) -> ServeSettings:
         return cls(
             batching=validate_section(BatchingConfig, batching, name="batching"),
             limits=validate_section(LimitsConfig, limits, name="limits"),
             drift=validate_section(DriftConfig, drift, name="monitoring.drift"),
+            payload_log=validate_section(
+                PayloadLogConfig, payload_log, name="monitoring.payload_log"
+            ),
             **kwargs,
         )
 
@@ -69,6 +81,7 @@ class ServeSettings:
         data["batching"] = self.batching.model_dump()
         data["limits"] = self.limits.model_dump()
         data["drift"] = self.drift.model_dump()
+        data["payload_log"] = self.payload_log.model_dump()
         return json.dumps(data, default=os.fspath)  # Path values (a labels file) as strings
 
     @classmethod

@@ -46,6 +46,7 @@ def test_public_names():
             "ModelConfig",
             "MonitoringConfig",
             "NormalizationConfig",
+            "PayloadLogConfig",
             "RootConfig",
             "ScalingConfig",
             "ServerConfig",
@@ -91,6 +92,7 @@ def test_deployment_config_is_exactly_model_server_keywords():
         "intra_op_threads",
         "token",
         "drift",
+        "payload_log",
     }
     deployment = config.get_deployment_config()
     assert deployment["batching"] == {
@@ -127,6 +129,7 @@ def test_monitoring_endpoint_and_ci_cd_config_keys():
         "metrics",
         "alerts",
         "drift",
+        "cost_per_hour",
     }
     assert set(config.get_endpoint_config()) == {
         "instance_type",

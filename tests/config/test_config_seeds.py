@@ -114,6 +114,8 @@ def test_defaults_equal_seed_values():
     monitoring = dict(deployment["monitoring"])
     # cvdeploy's own drift settings sit beside the seeds' keys.
     assert monitoring.pop("drift")["sample_rate"] == 0.1
+    assert monitoring.pop("cost_per_hour") == {}
+    assert monitoring.pop("payload_log")["enabled"] is False  # opt in: records hold user data
     assert monitoring == {
         "metrics_interval": 60,
         "alert_thresholds": {"cpu": 80, "memory": 80, "latency": 1000},

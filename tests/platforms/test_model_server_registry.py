@@ -161,7 +161,13 @@ def test_model_monitor_watches_an_endpoint(server: PlatformServer) -> None:
             )
             assert answer.status_code == 200
     for target in (ms, "watched"):
-        monitor = ModelMonitor(target, platform_url=server.url, history=False, sinks=[])
+        monitor = ModelMonitor(
+            target,
+            platform_url=server.url,
+            history=False,
+            sinks=[],
+            cost_per_hour={"Standard_DS3_v2": 0.5},
+        )
         metrics = monitor.get_metrics()
         monitor.stop()
         assert metrics["status"] == "ok", metrics
@@ -173,5 +179,11 @@ def test_model_monitor_watches_an_endpoint(server: PlatformServer) -> None:
         assert metrics["resources"]["rss_bytes"] > 0
         version = metrics["versions"]["cv_model-1"]
         assert version["requests"] == 10
-        assert version["drift"]["status"] in {"collecting_reference", "insufficient_data", "ok"}
+        drift_states = {"starting", "collecting_reference", "insufficient_data", "ok"}
+        assert version["drift"]["status"] in drift_states, version["drift"]
+        assert metrics["replica_hours"] > 0
+        assert metrics["cost"]["estimate"] == pytest.approx(
+            0.5 * metrics["replica_hours"], rel=0.01
+        )
+    assert ms.monitor_endpoint("watched")["cost"]["replica_hours"] > 0
     ms.delete_endpoint("watched")

@@ -91,6 +91,9 @@ class EntityRuntime:
     last_request_at: float | None = None
     breakers: dict[int, CircuitBreaker] = field(default_factory=dict)
     window: RequestWindow = field(default_factory=RequestWindow)
+    #: Replica-seconds run (starting, ready or draining) since the platform started: cost.
+    replica_seconds: float = 0.0
+    counted_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -302,6 +305,8 @@ class LocalPlatform:
                     "queued": entity.queued,
                     "autoscaler": entity.decision.reason if entity.decision else None,
                     "restarts": entity.replicas.failures,
+                    "instance_type": entity.entity.instance_type,
+                    "replica_hours": round(entity.replica_seconds / 3600.0, 6),
                     "last_error": entity.replicas.last_error,
                     "last_minute": entity.window.summary(window_s),
                     "requests_total": entity.window.total,
@@ -495,6 +500,10 @@ class LocalPlatform:
     async def _tick(self, runtime: EndpointRuntime, entity: EntityRuntime) -> None:
         replicas = entity.replicas
         replicas.check()
+        now = self._clock()
+        if entity.counted_at is not None:
+            entity.replica_seconds += len(replicas.replicas) * max(0.0, now - entity.counted_at)
+        entity.counted_at = now
         live = replicas.replicas
         cpu = tuple(c for r in live if r.state == "ready" and (c := r.cpu_percent()) is not None)
         snapshot = ScalingSnapshot(
