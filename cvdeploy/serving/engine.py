@@ -41,6 +41,7 @@ from cvdeploy.runtime import (
     default_intra_op_threads,
     load_model,
 )
+from cvdeploy.serving.http import current_request_id
 from cvdeploy.serving.metrics import ServingMetrics
 from cvdeploy.serving.settings import ServeSettings
 from cvdeploy.serving.tuning import candidate_sizes, choose_batch_size, measure_per_image
@@ -304,7 +305,9 @@ class InferenceEngine:
         if self.drift is not None:
             self.drift.offer(images, results)
         if self.payloads is not None:
-            self.payloads.offer(images, results, time.perf_counter() - started)
+            self.payloads.offer(
+                images, results, time.perf_counter() - started, current_request_id.get()
+            )
         return results
 
     async def predict_arrays(
@@ -324,7 +327,9 @@ class InferenceEngine:
         if self.drift is not None:
             self.drift.offer(images, results)
         if self.payloads is not None:
-            self.payloads.offer(images, results, time.perf_counter() - started)
+            self.payloads.offer(
+                images, results, time.perf_counter() - started, current_request_id.get()
+            )
         return results
 
     async def predict_tensors(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import itertools
 import logging
 import sys
@@ -174,6 +175,12 @@ def b64decode(text: object, what: str) -> bytes:
         raise InputError(f"{what} is not valid base64") from None
 
 
+#: The id of the request being handled, for code below the HTTP layer (payload records).
+current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cvdeploy_request_id", default=None
+)
+
+
 class RequestContextMiddleware:
     """Pure ASGI middleware: request id, structured access log and request metrics.
 
@@ -197,6 +204,8 @@ class RequestContextMiddleware:
             return
         request_id = _incoming_request_id(scope) or _new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        # The engine runs in this request's task: payload records pick the id up from here.
+        current_request_id.set(request_id)
         started = time.perf_counter()
         status = 500
         response_started = False

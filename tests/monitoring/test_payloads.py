@@ -76,6 +76,8 @@ def test_every_request_of_a_real_server_gets_a_record(tmp_path: Path) -> None:
         assert record["predictions"]["task"] == "classification"
         assert record["has_image"]
         assert record["image"] == png
+        assert record["request_id"]  # the HTTP layer's id, for joining with the access log
+    assert len({r["request_id"] for r in records}) == len(records)
     times = [r["time"] for r in records]
     assert times == sorted(times)
     assert time.time() - times[0] < 120
