@@ -97,6 +97,9 @@ class DriftConfig(Section):
     sample_rate: float = Field(
         default=0.1, gt=0, le=1, description="Share of requests whose image is profiled."
     )
+    max_samples_per_s: float = Field(
+        default=20, gt=0, le=100_000, description="Most images profiled per second (per process)."
+    )
     window: int = Field(
         default=500, ge=50, le=100_000, description="Recent samples compared with the reference."
     )
@@ -143,6 +146,9 @@ class PayloadLogConfig(Section):
     )
     sample_rate: float = Field(
         default=0.05, gt=0, le=1, description="Share of images that get a record."
+    )
+    max_records_per_s: float = Field(
+        default=20, gt=0, le=100_000, description="Most records written per second (per process)."
     )
     path: str | None = Field(
         default=None, description="SQLite file; null means $CVDEPLOY_HOME/payloads.db."

@@ -36,6 +36,7 @@ import numpy as np
 from cvdeploy.config import PayloadLogConfig
 from cvdeploy.errors import ConfigError, NotAvailableError
 from cvdeploy.monitoring.features import image_features, prediction_features
+from cvdeploy.monitoring.sampling import RequestSampler
 from cvdeploy.runtime import ImageLimits, decode_image
 
 __all__ = ["COLUMNS", "PayloadLogger", "PayloadStore", "default_payloads_path"]
@@ -324,7 +325,7 @@ class PayloadLogger:
         self.config = config
         self.model = model
         self.version = str(version)
-        self.every = max(1, round(1.0 / config.sample_rate))
+        self._sampler = RequestSampler(config.sample_rate, config.max_records_per_s)
         try:
             self.store = PayloadStore(config.path, max_rows=config.max_rows)
         except (OSError, sqlite3.Error) as exc:
@@ -337,7 +338,6 @@ class PayloadLogger:
         self._flush_interval_s = flush_interval_s
         self._batch_rows = batch_rows
         self._queue: queue.Queue[_Sample | None] = queue.Queue(max_pending)
-        self._seen = 0
         self.sampled = 0
         self.dropped = 0
         self.written = 0
@@ -361,8 +361,7 @@ class PayloadLogger:
         """
         at = time.time()
         for image, result in zip(images, results, strict=False):
-            self._seen += 1
-            if self._seen % self.every:
+            if not self._sampler.take():
                 continue
             try:
                 self._queue.put_nowait(_Sample(at, image, result, latency_s, request_id))
@@ -452,6 +451,7 @@ class PayloadLogger:
             "path": str(self.store.path),
             "sample_rate": self.config.sample_rate,
             "sampled": self.sampled,
+            "capped": self._sampler.capped,
             "dropped": self.dropped,
             "written": self.written,
             "feature_errors": self.feature_errors,

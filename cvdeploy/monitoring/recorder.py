@@ -155,6 +155,7 @@ class ServingRecorder:
             "seconds": self._aggregates.to_json(),
             "batches": {str(s): v for s, v in list(self._batch_seconds.items())},
             "errors": errors,
+            "drift": self.drift.report_dict() if self.drift is not None else None,
         }
 
     def _share(self) -> None:
@@ -185,6 +186,14 @@ class ServingRecorder:
                     batches += count
                     sizes += total
         figures["workers"] = len(states)
+        # Each worker profiles its own sample; the one that has seen the most speaks for all
+        # (the kernel spreads connections unevenly, so some workers may have seen none).
+        reports = [s["drift"] for s in states if s.get("drift")]
+        figures["drift"] = (
+            max(reports, key=lambda r: (r.get("observed", 0), r.get("sampled", 0)))
+            if reports
+            else {"status": "off"}
+        )
         figures["errors"] = {
             "total": sum(by_type.values()),
             "by_type": dict(by_type),
@@ -210,7 +219,6 @@ class ServingRecorder:
                 "uptime_s": round(self._clock() - self.started, 3),
                 **self._merged(window_s),
                 "resources": self.resources.sample(),
-                "drift": self.drift.report_dict() if self.drift is not None else {"status": "off"},
                 "payload_log": self._payload_stats(),
             }
         now = self._clock()

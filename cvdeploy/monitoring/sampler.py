@@ -23,6 +23,7 @@ import numpy as np
 from cvdeploy.config import DriftConfig
 from cvdeploy.monitoring.drift import DriftDetector, DriftPolicy, ReferenceProfile
 from cvdeploy.monitoring.features import image_features, prediction_features
+from cvdeploy.monitoring.sampling import RequestSampler
 from cvdeploy.runtime import ImageLimits, decode_image
 
 __all__ = ["DriftSampler"]
@@ -55,12 +56,11 @@ class DriftSampler:
         max_pending: int = 64,
     ) -> None:
         self.config = config
-        self.every = max(1, round(1.0 / config.sample_rate))
+        self._sampler = RequestSampler(config.sample_rate, config.max_samples_per_s)
         self._limits = limits
         self._reference_images = [Path(p) for p in reference_images]
         self._predictor = predictor
         self._queue: queue.Queue[tuple[Any, Mapping[str, Any]] | None] = queue.Queue(max_pending)
-        self._seen = 0
         self.sampled = 0
         self.dropped = 0
         self.detector: DriftDetector | None = None
@@ -73,8 +73,7 @@ class DriftSampler:
     def offer(self, images: Sequence[bytes | np.ndarray], results: Sequence[Any]) -> None:
         """Maybe sample some of these requests' images (a counter check per image)."""
         for image, result in zip(images, results, strict=False):
-            self._seen += 1
-            if self._seen % self.every:
+            if not self._sampler.take():
                 continue
             try:
                 self._queue.put_nowait((image, result.to_dict()))
@@ -150,7 +149,9 @@ class DriftSampler:
         """The drift verdict with the sampler's own counters."""
         counters = {
             "sample_rate": self.config.sample_rate,
+            "max_samples_per_s": self.config.max_samples_per_s,
             "sampled": self.sampled,
+            "capped": self._sampler.capped,
             "dropped": self.dropped,
         }
         detector = self.detector

@@ -76,7 +76,13 @@ def _darkened(png: bytes) -> bytes:
 
 
 def test_a_darkened_stream_is_flagged_by_the_servers_drift_sampler() -> None:
-    drift = {"sample_rate": 1.0, "reference_requests": 40, "window": 60, "min_window": 40}
+    drift = {
+        "sample_rate": 1.0,
+        "max_samples_per_s": 10_000,
+        "reference_requests": 40,
+        "window": 60,
+        "min_window": 40,
+    }
     digits = [p.read_bytes() for p in sample_images("digit_*")]
     server = ModelServer("classification", demo_file(CLASSIFIER), port=0, access_log=False,
                          drift=drift)  # fmt: skip

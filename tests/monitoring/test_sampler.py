@@ -44,3 +44,12 @@ def test_only_every_nth_request_is_sampled():
     sampler.offer([png] * 40, [Result()] * 40)
     assert sampler.sampled == 10
     sampler.close()
+
+
+def test_the_per_second_cap_keeps_the_cost_flat_under_load():
+    from cvdeploy.monitoring.sampling import RequestSampler
+
+    sampler = RequestSampler(rate=1.0, max_per_s=5)
+    taken = sum(sampler.take() for _ in range(1000))  # a burst within one second
+    assert taken == 5
+    assert sampler.capped == 995
