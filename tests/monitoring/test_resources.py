@@ -45,3 +45,22 @@ def test_no_gpu_means_none_not_zero(monkeypatch):
         "gpu_memory_percent": None,
         "gpu_memory_bytes": None,
     }
+
+
+def test_gpu_figures_come_from_nvml_when_it_is_there(monkeypatch):
+    import types
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=37),
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=4 << 30, total=16 << 30),
+    )
+    monkeypatch.setattr(resources._Nvml, "module", None)
+    monkeypatch.setattr(resources._Nvml, "failed", False)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert gpu_sample() == {
+        "gpu_utilization": 37.0,
+        "gpu_memory_percent": 25.0,
+        "gpu_memory_bytes": 4 << 30,
+    }
