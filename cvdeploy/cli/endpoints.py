@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -62,6 +63,9 @@ CaFileOption = Annotated[
 NameArgument = Annotated[str, typer.Argument(help="Endpoint name.")]
 
 
+_T = TypeVar("_T")
+
+
 def _connect(url: str | None, token: str | None, ca_file: Path | None = None) -> PlatformClient:
     """The client for ``--url``, ``--token`` and ``--ca-file`` (the one seam tests replace)."""
     from cvdeploy.platforms.client import PlatformClient
@@ -69,6 +73,21 @@ def _connect(url: str | None, token: str | None, ca_file: Path | None = None) ->
 
     verify: bool | str = True if ca_file is None else str(ca_file)
     return PlatformClient(platform_url(url), token, verify=verify)
+
+
+def _call(
+    url: str | None, token: str | None, ca_file: Path | None, action: Callable[[Any], _T]
+) -> _T:
+    """``action(client)`` on a fresh client; a cvdeploy error ends the command with its text."""
+    try:
+        with _connect(url, token, ca_file) as client:
+            return action(client)
+    except CVDeployError as exc:
+        raise fail(exc) from None
+
+
+def _print_text(text: str) -> None:
+    sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -139,11 +158,7 @@ def list_endpoints(
     as_json: JsonOption = False,
 ) -> None:
     """List endpoints with their state, served versions and traffic split."""
-    try:
-        with _connect(url, token, ca_file) as client:
-            infos = client.list_endpoints()
-    except CVDeployError as exc:
-        raise fail(exc) from None
+    infos = _call(url, token, ca_file, lambda client: client.list_endpoints())
     if as_json:
         print_json([i.model_dump(mode="json") for i in infos])
         return
@@ -171,11 +186,7 @@ def get(
     as_json: JsonOption = False,
 ) -> None:
     """Show endpoint NAME: state, served entities, routes and any pending config."""
-    try:
-        with _connect(url, token, ca_file) as client:
-            info = client.get_endpoint(name)
-    except CVDeployError as exc:
-        raise fail(exc) from None
+    info = _call(url, token, ca_file, lambda client: client.get_endpoint(name))
     if as_json:
         print_json(info.model_dump(mode="json"))
         return
@@ -290,11 +301,7 @@ def revisions(
     """List the config revisions of NAME, newest last."""
     from cvdeploy.platforms.base import EndpointCoreConfig
 
-    try:
-        with _connect(url, token, ca_file) as client:
-            items = client.revisions(name)
-    except CVDeployError as exc:
-        raise fail(exc) from None
+    items = _call(url, token, ca_file, lambda client: client.revisions(name))
     if as_json:
         print_json(items)
         return
@@ -328,12 +335,8 @@ def logs(
     ca_file: CaFileOption = None,
 ) -> None:
     """Print the recent log of SERVED_ENTITY's replicas on endpoint NAME."""
-    try:
-        with _connect(url, token, ca_file) as client:
-            text = client.logs(name, served_entity)
-    except CVDeployError as exc:
-        raise fail(exc) from None
-    sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
+    text = _call(url, token, ca_file, lambda client: client.logs(name, served_entity))
+    _print_text(text)
 
 
 @endpoints_app.command("metrics")
@@ -344,12 +347,8 @@ def metrics(
     ca_file: CaFileOption = None,
 ) -> None:
     """Print the metrics of endpoint NAME in Prometheus text format."""
-    try:
-        with _connect(url, token, ca_file) as client:
-            text = client.metrics(name)
-    except CVDeployError as exc:
-        raise fail(exc) from None
-    sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
+    text = _call(url, token, ca_file, lambda client: client.metrics(name))
+    _print_text(text)
 
 
 @endpoints_app.command("query")

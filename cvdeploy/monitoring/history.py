@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsHistory"]
+__all__ = ["MetricsHistory", "connect"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -27,6 +27,22 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_source ON snapshots (source, at);
 """
+
+
+@contextlib.contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """One transaction on a fresh connection, closed after (commit, or roll back on error).
+
+    A connection per call: background writers, worker processes and readers never share one;
+    WAL lets readers run while a writer appends.
+    """
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        with conn:
+            yield conn
+    finally:
+        conn.close()
 
 
 class MetricsHistory:
@@ -47,16 +63,8 @@ class MetricsHistory:
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per call: the monitor's thread and readers never share one.
-        conn = sqlite3.connect(self.path, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            with conn:  # commit, or roll back on error
-                yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path)
 
     def append(self, source: str, snapshot: dict[str, Any], at: float | None = None) -> None:
         when = time.time() if at is None else at

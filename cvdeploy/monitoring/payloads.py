@@ -36,6 +36,7 @@ import numpy as np
 from cvdeploy.config import PayloadLogConfig
 from cvdeploy.errors import ConfigError, NotAvailableError
 from cvdeploy.monitoring.features import image_features, prediction_features
+from cvdeploy.monitoring.history import connect
 from cvdeploy.monitoring.sampling import RequestSampler
 from cvdeploy.runtime import ImageLimits, decode_image
 
@@ -112,17 +113,8 @@ class PayloadStore:
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per call: the logger's thread, worker processes and readers never share
-        # one; WAL lets readers run while a writer appends.
-        conn = sqlite3.connect(self.path, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            with conn:  # commit, or roll back on error
-                yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path)
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert records (``COLUMNS`` less ``id``) and trim the table to ``max_rows``."""

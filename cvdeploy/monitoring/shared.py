@@ -20,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cvdeploy.monitoring.window import figures
+
 __all__ = ["ENV_MONITORING_DIR", "SecondAggregates", "merged_summary", "read_workers"]
 
 ENV_MONITORING_DIR = "CVDEPLOY_MONITORING_DIR"
@@ -107,7 +109,6 @@ def merged_summary(
 ) -> dict[str, Any]:
     """The figures of :func:`cvdeploy.monitoring.window.summarize`, from per-second aggregates."""
     start = now - window_s
-    span = min(window_s, span_s) if span_s else window_s
     count = e5 = e4 = 0
     histogram: Counter[int] = Counter()
     for seconds in aggregates:
@@ -119,17 +120,9 @@ def merged_summary(
             e4 += four
             for bucket, c in hist.items():
                 histogram[int(bucket)] += c
-    summary: dict[str, Any] = {
-        "window_s": window_s,
-        "requests": count,
-        "throughput_rps": round(count / span, 3) if span > 0 else 0.0,
-        "error_rate": round(e5 / count, 4) if count else 0.0,
-        "client_error_rate": round(e4 / count, 4) if count else 0.0,
-        "latency_ms": None,
-    }
+    latency: dict[str, float] | None = None
     if count:
         ordered = sorted(histogram.items())
-        total_s = sum(bucket_value(b) * c for b, c in ordered)
 
         def percentile(q: float) -> float:
             rank = q * count
@@ -137,13 +130,10 @@ def merged_summary(
             for bucket, c in ordered:
                 seen += c
                 if seen >= rank:
-                    return round(bucket_value(bucket) * 1e3, 3)
-            return round(bucket_value(ordered[-1][0]) * 1e3, 3)
+                    return bucket_value(bucket) * 1e3
+            return bucket_value(ordered[-1][0]) * 1e3
 
-        summary["latency_ms"] = {
-            "p50": percentile(0.50),
-            "p95": percentile(0.95),
-            "p99": percentile(0.99),
-            "mean": round(total_s / count * 1e3, 3),
-        }
-    return summary
+        mean = sum(bucket_value(b) * c for b, c in ordered) / count * 1e3
+        latency = {"p50": percentile(0.5), "p95": percentile(0.95), "p99": percentile(0.99),
+                   "mean": mean}  # fmt: skip
+    return figures(window_s, span_s, count, e5, e4, latency)

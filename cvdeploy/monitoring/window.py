@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RequestWindow", "summarize"]
+__all__ = ["RequestWindow", "figures", "summarize"]
 
 
 class RequestWindow:
@@ -59,30 +59,44 @@ class RequestWindow:
 def summarize(
     recent: list[tuple[float, int]], window_s: float, span_s: float | None = None
 ) -> dict[str, Any]:
-    """The figures of :meth:`RequestWindow.summary` for ``(seconds, status)`` pairs.
+    """The figures of :meth:`RequestWindow.summary` for ``(seconds, status)`` pairs."""
+    count = len(recent)
+    latency: dict[str, float] | None = None
+    if count:
+        latencies = np.fromiter((s for s, _ in recent), dtype=np.float64, count=count) * 1e3
+        p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+        latency = {"p50": p50, "p95": p95, "p99": p99, "mean": latencies.mean()}
+    return figures(
+        window_s,
+        span_s,
+        count,
+        sum(1 for _, status in recent if status >= 500),
+        sum(1 for _, status in recent if 400 <= status < 500),
+        latency,
+    )
+
+
+def figures(
+    window_s: float,
+    span_s: float | None,
+    requests: int,
+    server_errors: int,
+    client_errors: int,
+    latency_ms: dict[str, float] | None,
+) -> dict[str, Any]:
+    """The one shape of request figures, however they were counted.
 
     ``span_s`` is how much of the window was observed (a server up for 4 s of a 60 s window
     has served at its rate over 4 s, not over 60).
     """
     span = min(window_s, span_s) if span_s else window_s
-    count = len(recent)
-    server_errors = sum(1 for _, status in recent if status >= 500)
-    client_errors = sum(1 for _, status in recent if 400 <= status < 500)
-    summary: dict[str, Any] = {
+    return {
         "window_s": window_s,
-        "requests": count,
-        "throughput_rps": round(count / span, 3) if span > 0 else 0.0,
-        "error_rate": round(server_errors / count, 4) if count else 0.0,
-        "client_error_rate": round(client_errors / count, 4) if count else 0.0,
-        "latency_ms": None,
+        "requests": requests,
+        "throughput_rps": round(requests / span, 3) if span > 0 else 0.0,
+        "error_rate": round(server_errors / requests, 4) if requests else 0.0,
+        "client_error_rate": round(client_errors / requests, 4) if requests else 0.0,
+        "latency_ms": None
+        if latency_ms is None
+        else {k: round(float(v), 3) for k, v in latency_ms.items()},
     }
-    if count:
-        latencies = np.fromiter((s for s, _ in recent), dtype=np.float64, count=count) * 1e3
-        p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-        summary["latency_ms"] = {
-            "p50": round(float(p50), 3),
-            "p95": round(float(p95), 3),
-            "p99": round(float(p99), 3),
-            "mean": round(float(latencies.mean()), 3),
-        }
-    return summary
