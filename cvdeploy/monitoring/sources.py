@@ -78,18 +78,18 @@ class EndpointSource:
     def __init__(
         self, endpoint: str, platform_url: str, token: str | None = None, timeout: float = 10.0
     ) -> None:
+        from cvdeploy.platforms.client import PlatformClient
+
         self.endpoint = endpoint
         self.url = platform_url.rstrip("/")
         self.name = f"endpoint:{endpoint}"
+        # The platform's own client (its error mapping included); plain httpx for replicas.
+        self._platform = PlatformClient(self.url, token, timeout=timeout)
         self._http = _client(token, timeout)
         self._cores = psutil.cpu_count() or 1
 
     def fetch(self, window_s: float) -> dict[str, Any]:
-        stats = _get_json(
-            self._http,
-            f"{self.url}/api/2.0/serving-endpoints/{self.endpoint}/stats?window_s={window_s:g}",
-            "the platform",
-        )
+        stats = self._platform.stats(self.endpoint, window_s)
         versions: dict[str, Any] = {}
         cpu = 0.0
         rss = 0
@@ -154,6 +154,7 @@ class EndpointSource:
         return {"status": "no_replica"}
 
     def close(self) -> None:
+        self._platform.close()
         self._http.close()
 
 

@@ -300,15 +300,7 @@ class InferenceEngine:
         deadline = self._deadline(timeout)
         self.check_count(len(images))
         params = params or self.model.default_params
-        started = time.perf_counter()
-        results = await self._timed(self._encoded(images, params, deadline))
-        if self.drift is not None:
-            self.drift.offer(images, results)
-        if self.payloads is not None:
-            self.payloads.offer(
-                images, results, time.perf_counter() - started, current_request_id.get()
-            )
-        return results
+        return await self._timed(self._encoded(images, params, deadline), images)
 
     async def predict_arrays(
         self,
@@ -322,15 +314,7 @@ class InferenceEngine:
         params = params or self.model.default_params
         model = self.model
         prepare = [(lambda img=img: model.preprocess(img)) for img in images]
-        started = time.perf_counter()
-        results = await self._timed(self._prepared_jobs(prepare, params, deadline))
-        if self.drift is not None:
-            self.drift.offer(images, results)
-        if self.payloads is not None:
-            self.payloads.offer(
-                images, results, time.perf_counter() - started, current_request_id.get()
-            )
-        return results
+        return await self._timed(self._prepared_jobs(prepare, params, deadline), images)
 
     async def predict_tensors(
         self,
@@ -346,7 +330,11 @@ class InferenceEngine:
         prepared = [model.prepare_tensor(t) for t in tensors]
         return await self._timed(self._submit_all(prepared, params, deadline))
 
-    async def _timed(self, work: Any) -> list[Result]:
+    async def _timed(
+        self, work: Any, images: Sequence[bytes | np.ndarray] | None = None
+    ) -> list[Result]:
+        """Await ``work`` with Triton-style statistics; its ``images`` go to the monitoring
+        samplers (drift, payload log), which take a counter check each on this path."""
         started = time.perf_counter_ns()
         try:
             results: list[Result] = await work
@@ -354,9 +342,15 @@ class InferenceEngine:
             self.stats.fail_count += 1
             self.stats.fail_ns += time.perf_counter_ns() - started
             raise
+        elapsed_ns = time.perf_counter_ns() - started
         self.stats.success_count += 1
-        self.stats.success_ns += time.perf_counter_ns() - started
+        self.stats.success_ns += elapsed_ns
         self.stats.last_inference_ms = time.time_ns() // 1_000_000
+        if images is not None:
+            if self.drift is not None:
+                self.drift.offer(images, results)
+            if self.payloads is not None:
+                self.payloads.offer(images, results, elapsed_ns / 1e9, current_request_id.get())
         return results
 
     def _deadline(self, timeout: float | None = None) -> _Deadline:
