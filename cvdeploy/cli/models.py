@@ -80,6 +80,10 @@ def register(
         str | None, typer.Option(help="Commit or training-script hash it was built from.")
     ] = None,
     description: Annotated[str | None, typer.Option(help="Version description.")] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(help="Labelled images the pipeline evaluates this version on."),
+    ] = None,
     uri: UriOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -93,6 +97,7 @@ def register(
             reference_images=reference_images,
             source_commit=source_commit,
             description=description,
+            eval_data=eval_data,
         )
     except CVDeployError as exc:
         raise fail(exc) from None

@@ -144,7 +144,7 @@ class Config:
         return self.deployment.endpoint.model_dump()
 
     def get_ci_cd_config(self) -> dict[str, Any]:
-        """Defaults for ``DeploymentPipeline``: metrics_threshold, eval_data, rollout_steps."""
+        """Defaults for ``DeploymentPipeline``: the whole ``ci_cd`` section as a plain dict."""
         return self.ci_cd.model_dump()
 
     def to_dict(self) -> dict[str, Any]:

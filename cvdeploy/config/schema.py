@@ -19,17 +19,22 @@ error_rate as a fraction.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
+from cvdeploy.config._cicd import (
+    CICDConfig,
+    EvaluationConfig,
+    PerformanceConfig,
+    ResourcesConfig,
+    RolloutConfig,
+    SecurityConfig,
+)
 from cvdeploy.config._fields import (
     Section,
     byte_size,
-    fspath,
     invalid,
     lower,
     no_zero_floor,
@@ -54,10 +59,15 @@ __all__ = [
     "DriftConfig",
     "DeploymentConfig",
     "EndpointConfig",
+    "EvaluationConfig",
     "LimitsConfig",
     "ModelConfig",
     "MonitoringConfig",
     "NormalizationConfig",
+    "PerformanceConfig",
+    "ResourcesConfig",
+    "RolloutConfig",
+    "SecurityConfig",
     "PayloadLogConfig",
     "RootConfig",
     "ScalingConfig",
@@ -68,9 +78,6 @@ KiB = 1024
 MiB = 1024 * KiB
 
 # Quality metrics that are fractions: a CI gate of 90 instead of 0.9 is a typo, not a wish.
-_FRACTION_METRICS = frozenset(
-    {"accuracy", "precision", "recall", "f1", "map", "map50", "map50_95", "top1", "top5", "auc"}
-)
 
 
 # ---------------------------------------------------------------------------------- deployment
@@ -222,54 +229,6 @@ class LimitsConfig(Section):
     max_v2_tensor_bytes: ByteSize = Field(
         default=64 * MiB, ge=KiB, le=1 << 40, description="Bytes of one v2 (KServe) input tensor."
     )
-
-
-def _default_thresholds() -> dict[str, float]:
-    return {"accuracy": 0.9, "precision": 0.9, "recall": 0.9}
-
-
-class CICDConfig(Section):
-    """Defaults of ``DeploymentPipeline.run_pipeline`` (seed 001's ``ci_cd``)."""
-
-    metrics_threshold: dict[Annotated[str, Field(min_length=1)], float] = Field(
-        default_factory=_default_thresholds,
-        max_length=100,
-        description="Minimum evaluation metric a new version needs to be deployed "
-        "(accuracy, precision, recall, f1, map50... as fractions).",
-    )
-    eval_data: Annotated[str | None, BeforeValidator(fspath)] = Field(
-        default=None,
-        min_length=1,
-        description="Folder or manifest of labelled images to evaluate on.",
-    )
-    rollout_steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
-        default_factory=lambda: [10, 50, 100],
-        min_length=1,
-        max_length=100,
-        description="Traffic percentages of a gradual rollout: increasing, ending at 100.",
-    )
-
-    @field_validator("metrics_threshold")
-    @classmethod
-    def _fractions(cls, thresholds: dict[str, float]) -> dict[str, float]:
-        for name, value in thresholds.items():
-            if not math.isfinite(value):
-                raise invalid("{name} must be a finite number", name=name)
-            if name.lower() in _FRACTION_METRICS and not 0 <= value <= 1:
-                raise invalid(
-                    "{name} is a fraction: must be between 0 and 1 (write 0.9 for 90%)",
-                    field=name,
-                    value=value,
-                    name=name,
-                )
-        return thresholds
-
-    @field_validator("rollout_steps")
-    @classmethod
-    def _increasing_to_100(cls, steps: list[int]) -> list[int]:
-        if any(b <= a for a, b in itertools.pairwise(steps)) or steps[-1] != 100:
-            raise invalid("must be increasing percentages ending at 100, e.g. [10, 50, 100]")
-        return steps
 
 
 class DeploymentConfig(Section):

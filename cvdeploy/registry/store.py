@@ -79,8 +79,12 @@ class Registry:
         reference_images: str | Path | None = None,
         source_commit: str | None = None,
         description: str | None = None,
+        eval_data: str | Path | None = None,
     ) -> ModelVersion:
         """Validate the ONNX at ``path`` and register it as a new version of ``name``.
+
+        ``eval_data`` (a labelled image set) is recorded with the version as its evaluation
+        data: the pipeline uses it when neither the call nor the config names one.
 
         Raises:
             ModelLoadError: the file is not a usable model.
@@ -89,6 +93,9 @@ class Registry:
         from cvdeploy.runtime import load_model
 
         _check_name(name)
+        eval_data_path = None if eval_data is None else Path(eval_data).expanduser().resolve()
+        if eval_data_path is not None and not eval_data_path.exists():
+            raise ConfigError(f"eval_data {str(eval_data)!r} does not exist")
         onnx_path = Path(path).expanduser()
         model = load_model(onnx_path, task, labels=labels, warmup=False, intra_op_threads=1)
         images = reference_sample(Path(reference_images)) if reference_images else []
@@ -102,7 +109,7 @@ class Registry:
             description=description,
         )
         client = self.client
-        run = client.create_run(self._experiment_id(), run_name=f"register-{name}")
+        run = client.create_run(self.experiment_id(), run_name=f"register-{name}")
         run_id = run.info.run_id
         with tempfile.TemporaryDirectory(prefix="cvdeploy-register-") as staging:
             folder = Path(staging) / "model"
@@ -116,6 +123,8 @@ class Registry:
             tags["source_commit"] = source_commit
         if images:
             tags["reference_images"] = str(len(images))
+        if eval_data_path is not None:
+            tags["eval_data"] = str(eval_data_path)
         self._ensure_model(name)
         entity = client.create_model_version(
             name,
@@ -263,6 +272,10 @@ class Registry:
             )
         return onnx
 
+    def model_folder(self, name: str, version_or_alias: str | int = "latest") -> Path:
+        """The version's whole MLflow model folder on local disk (what the pipeline scans)."""
+        return self._model_dir(self.get_version(name, version_or_alias))
+
     def reference_images(self, name: str, version_or_alias: str | int = "latest") -> list[Path]:
         """The reference images stored with a version (the drift reference), confined to it.
 
@@ -276,13 +289,18 @@ class Registry:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _experiment_id(self) -> str:
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        """The id of MLflow experiment ``name``, created on first use.
+
+        In the default store its artifacts go under ``$CVDEPLOY_HOME/artifacts`` (MLflow would
+        otherwise write them to ``./mlruns`` in whatever folder the process runs from).
+        """
         client = self.client
-        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return str(experiment.experiment_id)
         location = artifacts_dir(self.home).as_uri() if self._local else None
-        return str(client.create_experiment(EXPERIMENT, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=location))
 
     def _ensure_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
