@@ -33,6 +33,8 @@ from cvdeploy.errors import (
 
 if TYPE_CHECKING:
     from cvdeploy.config import Config
+    from cvdeploy.monitoring.monitor import ModelMonitor
+    from cvdeploy.pipeline import DeploymentPipeline
     from cvdeploy.runtime import (
         ClassificationResult,
         Detection,
@@ -50,6 +52,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DeadlineExceededError",
+    "DeploymentPipeline",
     "Detection",
     "DetectionResult",
     "InferenceError",
@@ -77,6 +80,7 @@ __all__ = [
 _LAZY = {
     "Config": "cvdeploy.config",
     "ModelServer": "cvdeploy.serving.model_server",
+    "DeploymentPipeline": "cvdeploy.pipeline",
     "ModelMonitor": "cvdeploy.monitoring.monitor",
     "ClassificationResult": "cvdeploy.runtime",
     "Detection": "cvdeploy.runtime",

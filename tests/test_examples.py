@@ -39,9 +39,11 @@ def test_seed_000_snippet_runs_with_the_seed_config_and_four_workers():
     assert "Detection(" in result.stdout
 
 
-def _run_seed_001(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run_seed_001(
+    env: dict[str, str], script: str = "seed_001_endpoints.py"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "seed_001_endpoints.py"],
+        [sys.executable, script],
         cwd=EXAMPLES,
         env=env,
         capture_output=True,
@@ -117,3 +119,38 @@ def test_seed_000_monitoring_snippet_reports_live_figures_for_a_busy_server(tmp_
     assert metrics["throughput_rps"] > 0
     assert metrics["latency_ms"]["p95"] > 0
     assert set(metrics["metrics"]) == {"latency", "throughput", "error_rate"}
+
+
+@pytest.mark.slow
+def test_seed_001_pipeline_snippet_deploys_the_demo_model_and_rejects_a_degraded_copy(tmp_path):
+    from pipeline_support import degraded_classifier
+
+    from cvdeploy.demo import eval_set
+    from cvdeploy.registry import Registry
+
+    env = {**os.environ, "CVDEPLOY_HOME": str(tmp_path), "CVDEPLOY_PORT": str(free_port())}
+    for key in ("CVDEPLOY_CONFIG", "CVDEPLOY_URL", "CVDEPLOY_WORKSPACE_URL", "CVDEPLOY_TOKEN"):
+        env.pop(key, None)
+    cli = [sys.executable, "-m", "cvdeploy.cli"]
+    try:
+        first = _run_seed_001(env, "seed_001_pipeline.py")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert "deployed: cv_model version 1 -> cv_model-endpoint" in first.stdout
+        assert "threshold:f1: f1 0.99" in first.stdout
+
+        degraded = degraded_classifier(tmp_path / "degraded.onnx")
+        Registry(home=tmp_path).register(degraded, "cv_model", eval_data=eval_set("digits"))
+        second = _run_seed_001(env, "seed_001_pipeline.py")
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "rejected: cv_model version 2" in second.stdout
+        assert "reason: gates: accuracy 0.6000 < threshold 0.9000" in second.stdout
+        registry = Registry(home=tmp_path)
+        assert registry.get_version("cv_model", "champion").version == "1"
+        listed = subprocess.run(
+            [*cli, "endpoints", "get", "cv_model-endpoint", "--json"], env=env,
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert '"entity_version": "1"' in listed.stdout
+        assert '"entity_version": "2"' not in listed.stdout
+    finally:
+        subprocess.run([*cli, "down"], env=env, capture_output=True, timeout=60, check=False)

@@ -14,6 +14,7 @@ EXPECTED = {
     "ConfigError",
     "ConflictError",
     "DeadlineExceededError",
+    "DeploymentPipeline",
     "Detection",
     "DetectionResult",
     "InferenceError",

@@ -16,6 +16,7 @@ from cvdeploy.cli.logs import logs
 from cvdeploy.cli.models import models_app
 from cvdeploy.cli.monitor import alerts, monitor
 from cvdeploy.cli.output import console, err_console, fail
+from cvdeploy.cli.pipeline import pipeline_app
 from cvdeploy.cli.platform import down, up
 from cvdeploy.cli.tokens import tokens_app
 from cvdeploy.errors import CVDeployError
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(pipeline_app, name="pipeline")
 
 
 @app.command()
