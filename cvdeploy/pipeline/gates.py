@@ -37,11 +37,13 @@ _ALIASES = {
 
 
 def gated_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The top-level numeric figures of an evaluation (what a threshold may name)."""
+    """The quality figures of an evaluation: what a threshold may name, in the evaluation's
+    order (counts such as ``images`` and the chosen ``conf_threshold`` are left out)."""
+    known = {name for names in TASK_METRICS.values() for name in names}
     return {
         k: float(v)
         for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        if k in known and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
 
 

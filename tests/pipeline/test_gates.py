@@ -77,6 +77,8 @@ def test_common_spellings_map_onto_the_metric_names():
     assert kept == {"map50_95": 0.5, "map50": 0.8}
 
 
-def test_gated_metrics_keeps_the_top_level_numbers_only():
-    figures = {"accuracy": 0.9, "count": 10, "per_class": {"a": {}}, "flag": True, "cm": [[1]]}
-    assert gated_metrics(figures) == {"accuracy": 0.9, "count": 10.0}
+def test_gated_metrics_keeps_the_quality_figures_only():
+    figures = {"accuracy": 0.9, "count": 10, "per_class": {"a": {}}, "f1": True, "cm": [[1]]}
+    assert gated_metrics(figures) == {"accuracy": 0.9}
+    detection = {"map50": 0.8, "images": 50, "conf_threshold": 0.4, "recall": 0.7}
+    assert gated_metrics(detection) == {"map50": 0.8, "recall": 0.7}
