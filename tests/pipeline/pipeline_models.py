@@ -217,3 +217,55 @@ def make_model_folder(target: Path, onnx_path: Path, *, task: str, labels: list[
     (target / "requirements.txt").write_text("cvdeploy\n", encoding="utf-8")
     (target / "python_env.yaml").write_text("python: 3.11\n", encoding="utf-8")
     return target
+
+
+def write_old_protocol_pickle(path: Path, protocol: int, *, hostile: bool = True) -> Path:
+    """A protocol 0 or 1 pickle: no ``\\x80`` header, so only its opcodes say it is pickle."""
+    payload = _RunsAShellCommand() if hostile else {"weights": [0.5, 1.5], "classes": 3}
+    path.write_bytes(pickle.dumps(payload, protocol=protocol))
+    return path
+
+
+def make_sparse_external_model(
+    folder: Path,
+    location: str,
+    *,
+    where: str = "attribute",
+    part: str = "values",
+    write_data: bool = False,
+) -> Path:
+    """A model holding the sparse tensor ``secret_sparse`` with its ``part`` stored externally.
+
+    ``where`` is ``"attribute"`` (a ``Constant``'s ``sparse_value``) or ``"initializer"``
+    (``graph.sparse_initializer``); ``write_data`` writes the bytes at ``location`` in ``folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    values = numpy_helper.from_array(np.array([1.0, 2.0], dtype=np.float32), "secret_sparse")
+    indices = numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "")
+    sparse = helper.make_sparse_tensor(values, indices, [6])
+    stored = sparse.values if part == "values" else sparse.indices
+    data = numpy_helper.to_array(stored).tobytes()
+    _set_external(stored, location, len(data))
+    if write_data:
+        (folder / location).write_bytes(data)
+    output = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [6])]
+    if where == "attribute":
+        node = helper.make_node("Constant", [], ["out"], sparse_value=sparse)
+        graph = helper.make_graph([node], "sparse_attr", [], output)
+    else:
+        node = helper.make_node("Identity", ["secret_sparse"], ["out"])
+        graph = helper.make_graph([node], "sparse_init", [], output, sparse_initializer=[sparse])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", mf.OPSET)])
+    model.ir_version = mf.IR_VERSION
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def set_external_field(path: Path, tensor: str, key: str, value: str) -> Path:
+    """Rewrite one ``external_data`` entry (``offset``, ``length``) of ``tensor`` in place."""
+    model = onnx.load(str(path), load_external_data=False)
+    target = next(t for t in model.graph.initializer if t.name == tensor)
+    next(e for e in target.external_data if e.key == key).value = value
+    path.write_bytes(model.SerializeToString())
+    return path

@@ -456,3 +456,72 @@ def test_max_images_on_an_imagefolder_keeps_every_class() -> None:
     assert len(labels) == 25
     assert set(labels) == set(range(10))
     assert labels == sorted(labels)  # still in sorted order
+
+
+# --- review fixes: symlink cycles, class list in the hash, crowd count, encodings ---------------
+
+
+def test_imagefolder_symlink_loop_does_not_multiply_images(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "set")
+    (root / "cat" / "loop").symlink_to("..")  # the dataset root: an ancestor
+    (root / "cat" / "self").symlink_to(".")
+    (root / "dog" / "back").symlink_to(root / "dog")
+    data = load_eval_data(root)
+    assert [(s.path.name, s.label) for s in data.samples] == [
+        ("x.jpg", 0),
+        ("a.png", 1),
+        ("b.png", 1),
+    ]
+
+
+def test_imagefolder_follows_a_symlinked_folder_once(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "set")
+    write_image(tmp_path / "more_cats" / "m.png")
+    (root / "cat" / "linked").symlink_to(tmp_path / "more_cats")
+    (root / "cat" / "linked_again").symlink_to(tmp_path / "more_cats")
+    data = load_eval_data(root)
+    cats = [s.path.name for s in data.samples if s.label == 0]
+    assert sorted(cats) == ["m.png", "x.jpg"]
+
+
+def test_imagefolder_hash_changes_when_an_empty_class_folder_is_added(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "set")
+    before = load_eval_data(root)
+    (root / "aardvark").mkdir()  # sorts first: every label shifts by one
+    after = load_eval_data(root)
+    assert after.names == ["aardvark", "cat", "dog"]
+    assert after.sha256 != before.sha256
+
+
+def test_coco_skipped_crowd_counts_only_the_kept_images(tmp_path: Path) -> None:
+    path = make_coco(
+        tmp_path,
+        [
+            {"id": 10, "image_id": 1, "category_id": 7, "bbox": [1, 2, 10, 5], "iscrowd": 1},
+            {"id": 11, "image_id": 2, "category_id": 3, "bbox": [0, 0, 4, 4]},
+        ],
+    )
+    kept = load_eval_data(path, max_images=1)  # p.png (id 2) only; the crowd is on q.png
+    assert [s.path.name for s in kept.samples] == ["p.png"]
+    assert kept.skipped_crowd == 0
+    assert "crowd" not in kept.describe()
+    assert load_eval_data(path).skipped_crowd == 1
+
+
+def test_yolo_label_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    root = make_yolo(tmp_path)
+    label = root / "labels" / "val" / "one.txt"
+    label.write_bytes(b"0 0.5 0.5 0.5 0.2 \xff\xfe\n")
+    with pytest.raises(EvalDataError, match="is not UTF-8") as info:
+        load_eval_data(root)
+    assert f"label file {label}" in str(info.value)
+
+
+def test_yolo_image_list_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    root = make_yolo(tmp_path)
+    listing = root / "val.txt"
+    listing.write_bytes(b"images/val/one.png\n\xe9\xe8.png\n")
+    (root / "data.yaml").write_text("path: .\nval: val.txt\nnames: [a, b]\n")
+    with pytest.raises(EvalDataError, match="is not UTF-8") as info:
+        load_eval_data(root)
+    assert f"image list {listing}" in str(info.value)
