@@ -11,6 +11,7 @@ import typer
 
 from cvdeploy import __version__
 from cvdeploy.cli.admin import audit, backup, restore
+from cvdeploy.cli.build import build
 from cvdeploy.cli.endpoints import endpoints_app
 from cvdeploy.cli.logs import logs
 from cvdeploy.cli.models import models_app
@@ -166,6 +167,8 @@ def demo(
 
 
 # The local platform (cvdeploy/cli/platform.py).
+# Containers and Kubernetes manifests (cvdeploy/cli/build.py).
+app.command()(build)
 app.command()(up)
 app.command()(down)
 
