@@ -98,12 +98,29 @@ def _images(model_input: Any) -> tuple[list[bytes], dict[str, Any]]:
 
 
 def _bytes_to_text(value: Any) -> Any:
-    """Raw bytes (MLflow decodes ``binary`` columns) re-encoded so one parser reads everything."""
-    import base64
+    """Everything as base64 text, so one parser reads every body.
 
+    MLflow hands over images two ways: raw bytes (it decodes ``binary`` DataFrame columns) and,
+    for tensor input (``inputs`` / ``instances``), numpy arrays whose items are the base64
+    *text* as bytes. Raw image bytes are never pure ASCII (every image format's header has a
+    byte >= 0x80 or a control byte), so ASCII base64 bytes are taken as text and raw ones are
+    encoded.
+    """
+    import base64
+    import binascii
+
+    if hasattr(value, "tolist") and not isinstance(value, (bytes, bytearray, str)):
+        value = value.tolist()  # numpy arrays and scalars
     if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, list):
+        raw = bytes(value)
+        if raw.isascii():
+            try:
+                base64.b64decode(raw, validate=True)
+                return raw.decode("ascii")
+            except (binascii.Error, ValueError):
+                pass
+        return base64.b64encode(raw).decode("ascii")
+    if isinstance(value, (list, tuple)):
         return [_bytes_to_text(v) for v in value]
     if isinstance(value, dict):
         return {k: _bytes_to_text(v) for k, v in value.items()}

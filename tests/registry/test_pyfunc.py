@@ -6,6 +6,7 @@ import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import DIGITS, IMAGES
 
@@ -50,8 +51,22 @@ def test_predicts_a_digit_from_base64(model):
         _b64("digit_5.png"),
         (IMAGES / "digit_5.png").read_bytes(),
         [(IMAGES / "digit_5.png").read_bytes()],
+        # What MLflow's scoring server hands over for tensor input: base64 text as bytes.
+        {"image": np.array([_b64("digit_5.png").encode()], dtype=object)},
+        np.array([_b64("digit_5.png").encode()]),
     ],
-    ids=["instances", "inputs", "split", "records", "columnar", "str", "bytes", "bytes-list"],
+    ids=[
+        "instances",
+        "inputs",
+        "split",
+        "records",
+        "columnar",
+        "str",
+        "bytes",
+        "bytes-list",
+        "tensor-dict",
+        "tensor",
+    ],
 )
 def test_accepts_every_mlflow_input_shape(model, payload):
     assert _top(model.predict(payload)[0]) == "5"
