@@ -14,7 +14,6 @@ from cvdeploy.config import Config
 from cvdeploy.errors import ConflictError
 from cvdeploy.pipeline.rollout import RolloutPolicy, find_interrupted, roll_out
 from cvdeploy.platforms.base import EndpointNotFoundError
-from cvdeploy.platforms.client import PlatformClient
 
 if TYPE_CHECKING:
     from cvdeploy.pipeline.pipeline import DeploymentPipeline
@@ -56,7 +55,7 @@ def rollout_policy(config: Config) -> RolloutPolicy:
 def deploy(pipeline: DeploymentPipeline, version: str, endpoint: str) -> dict[str, Any]:
     """Serve ``version`` at ``endpoint``; returns the rollout report as a dict."""
     manager = pipeline.endpoints()
-    with PlatformClient(manager.url, pipeline.token) as client:
+    with manager.connect() as client:
         try:
             client.get_endpoint(endpoint)
         except EndpointNotFoundError:
@@ -103,7 +102,7 @@ def restore_if_split(pipeline: DeploymentPipeline, endpoint: str) -> str | None:
     from cvdeploy.platforms.traffic import next_config
 
     manager = pipeline.endpoints()
-    with PlatformClient(manager.url, pipeline.token) as client:
+    with manager.connect() as client:
         try:
             info = client.get_endpoint(endpoint)
         except EndpointNotFoundError:

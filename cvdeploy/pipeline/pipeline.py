@@ -60,6 +60,8 @@ class DeploymentPipeline:
         on_event: Called with ``(stage, "start" | status, detail)`` as stages run (the CLI's
             progress view).
         timeout: Seconds to wait for an endpoint to become ready.
+        platform: ``"local"``, ``"databricks"`` or ``"ray"``; default: decided by
+            ``workspace_url`` (see :mod:`cvdeploy.platforms.connect`).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class DeploymentPipeline:
         report_dir: str | Path | None = None,
         on_event: Event | None = None,
         timeout: float = 600.0,
+        platform: str | None = None,
     ) -> None:
         if not model_name:
             raise ConfigError("DeploymentPipeline needs model_name (a registered model)")
@@ -93,6 +96,7 @@ class DeploymentPipeline:
         self.registry = Registry(registry_uri)
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.timeout = timeout
+        self.platform = platform
         self._on_event = on_event
         self.last_rollout: dict[str, Any] | None = None
         self._endpoints: Any = None
@@ -296,6 +300,7 @@ class DeploymentPipeline:
                 token=self.token,
                 config=self.config,
                 timeout=self.timeout,
+                platform=self.platform,
             )
         return self._endpoints
 

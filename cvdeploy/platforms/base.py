@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from pydantic import (
@@ -353,14 +354,35 @@ class EndpointInfo(BaseModel):
 
 
 class Platform(abc.ABC):
-    """A place that runs endpoints: the local platform, Ray, Databricks.
+    """Where endpoints run, as the endpoint manager, the pipeline and the CLI see it.
 
-    Every method raises :class:`EndpointNotFoundError` for an unknown endpoint and
-    :class:`ConflictError` when an update is already in progress.
+    One implementation per place: :class:`~cvdeploy.platforms.client.PlatformClient` (a
+    cvdeploy control plane: the embedded local platform or a ``cvdeploy up``) and the
+    Databricks backend (``databricks-sdk``); :func:`cvdeploy.platforms.connect.connect` picks
+    one. Every method raises :class:`EndpointNotFoundError` for an unknown endpoint and
+    :class:`ConflictError` when an update is already in progress. Instances are context
+    managers that release their connections on exit.
     """
 
+    #: What the platform is, for messages: "cvdeploy", "databricks", ...
+    kind: str = "platform"
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:  # noqa: B027 - optional: not every backend holds connections
+        """Release connections."""
+
     @abc.abstractmethod
-    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
+    def create_endpoint(self, spec: EndpointSpec | Mapping[str, Any]) -> EndpointInfo:
         """Create the endpoint and start serving it; returns at once with ``config_update``
         IN_PROGRESS. Raises :class:`EndpointAlreadyExistsError` for a taken name."""
 
@@ -370,21 +392,83 @@ class Platform(abc.ABC):
 
     @abc.abstractmethod
     def list_endpoints(self) -> list[EndpointInfo]:
-        """Every endpoint, sorted by name."""
+        """Every endpoint."""
 
     @abc.abstractmethod
-    def update_config(self, name: str, config: EndpointCoreConfig) -> EndpointInfo:
+    def update_config(
+        self, name: str, config: EndpointCoreConfig | Mapping[str, Any]
+    ) -> EndpointInfo:
         """Start a zero-downtime switch to ``config``; the old config serves until it is ready."""
 
     @abc.abstractmethod
     def delete_endpoint(self, name: str) -> None:
-        """Stop serving and forget the endpoint (its audit entries remain)."""
+        """Stop serving and forget the endpoint."""
+
+    @abc.abstractmethod
+    def wait_not_updating(
+        self,
+        name: str,
+        timeout: float = 300,
+        poll_s: float = 0.25,
+        on_poll: Any = None,
+    ) -> EndpointInfo:
+        """Poll until the config update is over and the endpoint is ready.
+
+        Raises:
+            ModelLoadError: the update failed (the previous config keeps serving); the message
+                carries the platform's reason (build logs, load error).
+            DeadlineExceededError: not ready after ``timeout`` seconds.
+        """
+
+    @abc.abstractmethod
+    def stats(self, name: str, window_s: float = 60.0) -> dict[str, Any]:
+        """Live figures: ``state``, ``overall`` and per served entity ``last_minute``
+        (requests, error_rate, latency_ms), ``requests_total`` and ``errors_total``."""
+
+    @abc.abstractmethod
+    def metrics(self, name: str) -> str:
+        """The endpoint's metrics in Prometheus text format."""
+
+    @abc.abstractmethod
+    def logs(self, name: str, served_model_name: str) -> str:
+        """The recent log of a served model."""
 
     @abc.abstractmethod
     def query(self, name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Score ``payload`` (an MLflow/Databricks scoring body) on the endpoint's traffic split;
         returns ``{"predictions": ...}``."""
 
-    @abc.abstractmethod
-    def metrics(self, name: str) -> str:
-        """The endpoint's metrics in Prometheus text format."""
+    def predict_images(
+        self,
+        name: str,
+        images: Any,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Score encoded images (JPEG, PNG, ...) sent base64 in ``inputs``; returns
+        ``{"predictions": [...]}``."""
+        import base64
+
+        from cvdeploy.errors import InputError
+
+        if not images:
+            raise InputError("predict_images needs at least one image")
+        inputs = [base64.b64encode(bytes(image)).decode("ascii") for image in images]
+        body: dict[str, Any] = {"inputs": inputs}
+        if params:
+            body["params"] = dict(params)
+        return self.query(name, body)
+
+    def rollback(self, name: str, to_revision: int | None = None) -> EndpointInfo:
+        """Switch back to an earlier config revision, where the platform keeps them."""
+        from cvdeploy.errors import NotAvailableError
+
+        raise NotAvailableError(
+            f"{self.kind} keeps no config revisions to roll back to; update the endpoint to the "
+            "previous version instead (ModelServer.update_endpoint)"
+        )
+
+    def revisions(self, name: str) -> list[dict[str, Any]]:
+        """The endpoint's config revisions, where the platform keeps them."""
+        from cvdeploy.errors import NotAvailableError
+
+        raise NotAvailableError(f"{self.kind} keeps no config revisions")

@@ -11,11 +11,9 @@ the server's message, so callers catch the same classes in-process and over HTTP
 
 from __future__ import annotations
 
-import base64
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import TracebackType
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -27,7 +25,6 @@ from cvdeploy.errors import (
     ConfigError,
     CVDeployError,
     DeadlineExceededError,
-    InputError,
     ModelLoadError,
     ModelNotFoundError,
     NotAvailableError,
@@ -45,6 +42,7 @@ from cvdeploy.platforms.base import (
     EndpointInfo,
     EndpointNotFoundError,
     EndpointSpec,
+    Platform,
 )
 
 __all__ = ["PlatformClient", "error_from_response"]
@@ -70,7 +68,7 @@ _BY_STATUS: dict[int, type[CVDeployError]] = {
 }
 
 
-class PlatformClient:
+class PlatformClient(Platform):
     """Manage and query endpoints on a cvdeploy platform.
 
     Args:
@@ -80,6 +78,8 @@ class PlatformClient:
         verify: TLS verification: True, False or a CA bundle path.
         transport: An httpx transport instead of the network (tests use ``MockTransport``).
     """
+
+    kind = "cvdeploy"
 
     def __init__(
         self,
@@ -108,14 +108,6 @@ class PlatformClient:
 
     def __enter__(self) -> PlatformClient:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -179,27 +171,6 @@ class PlatformClient:
     def query(self, name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Score an MLflow/Databricks body (``dataframe_split``, ``inputs``, ...)."""
         return self._call("POST", _invocations(name), json=dict(payload))
-
-    def predict_images(
-        self,
-        name: str,
-        images: Sequence[bytes],
-        params: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Score encoded images (JPEG, PNG, ...); returns ``{"predictions": [...]}``.
-
-        Args:
-            name: The endpoint.
-            images: One encoded image per entry.
-            params: Inference params such as ``{"conf": 0.5}``.
-        """
-        if not images:
-            raise InputError("predict_images needs at least one image")
-        inputs = [base64.b64encode(bytes(image)).decode("ascii") for image in images]
-        body: dict[str, Any] = {"inputs": inputs}
-        if params:
-            body["params"] = dict(params)
-        return self._call("POST", _invocations(name), json=body)
 
     def health(self) -> dict[str, Any]:
         """The platform's health; raises when it does not answer or answers with an error."""

@@ -1,7 +1,8 @@
 """Seed 001's endpoint management behind ``ModelServer(model_name=...)``.
 
-:class:`EndpointManager` turns the seed's calls into Databricks-shaped requests to a platform:
-the one at ``workspace_url``, or, with none given, the embedded local platform, started on
+:class:`EndpointManager` turns the seed's calls into Databricks-shaped requests to a
+:class:`~cvdeploy.platforms.base.Platform`: Databricks Model Serving for a workspace URL, the
+``cvdeploy up`` at any other URL, or, with none given, the embedded local platform, started on
 demand as a detached daemon that outlives the script (DESIGN "Decisions").
 
 ``create_endpoint`` on a name that already exists switches that endpoint to this model version
@@ -18,29 +19,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from cvdeploy.config import Config
-from cvdeploy.errors import DeadlineExceededError, InputError, NotAvailableError
+from cvdeploy.errors import DeadlineExceededError, InputError
 from cvdeploy.monitoring.cost import cost_estimate
 from cvdeploy.platforms.base import (
     EndpointAlreadyExistsError,
     EndpointInfo,
     EndpointNotFoundError,
     EndpointSpec,
+    Platform,
 )
-from cvdeploy.platforms.client import PlatformClient
+from cvdeploy.platforms.connect import connect, is_databricks_host, local_url, resolve_platform
 from cvdeploy.platforms.instance_types import lookup
 from cvdeploy.platforms.traffic import entity_name_for, next_config
 
+# is_databricks_host lives in cvdeploy.platforms.connect; re-exported for older imports.
 __all__ = ["EndpointManager", "is_databricks_host"]
-
-_DATABRICKS_SUFFIXES = (".cloud.databricks.com", ".azuredatabricks.net", ".gcp.databricks.com")
-
-
-def is_databricks_host(url: str) -> bool:
-    host = urlparse(url if "://" in url else f"https://{url}").hostname or ""
-    return host.endswith(_DATABRICKS_SUFFIXES)
 
 
 class EndpointManager:
@@ -53,6 +48,8 @@ class EndpointManager:
         token: Bearer token for the platform.
         config: Defaults for ``create_endpoint`` (the ``deployment.endpoint`` section).
         timeout: Seconds to wait for an endpoint to become ready.
+        platform: ``"local"``, ``"databricks"`` or ``"ray"``; default: decided by
+            ``workspace_url`` (see :mod:`cvdeploy.platforms.connect`).
     """
 
     def __init__(
@@ -64,13 +61,9 @@ class EndpointManager:
         token: str | None = None,
         config: Config | None = None,
         timeout: float = 600.0,
+        platform: str | None = None,
     ) -> None:
-        if workspace_url is not None and is_databricks_host(workspace_url):
-            raise NotAvailableError(
-                f"{workspace_url} is a Databricks workspace; the Databricks backend is not in "
-                "this build yet. Leave workspace_url out to use the local platform, or give the "
-                "URL of a running `cvdeploy up`"
-            )
+        self.platform = resolve_platform(workspace_url, platform)
         self.model_name = model_name
         self.model_version = str(model_version)
         self.workspace_url = workspace_url
@@ -84,20 +77,20 @@ class EndpointManager:
     def url(self) -> str:
         """The platform's base URL (starting the local daemon on first use if none was given)."""
         if self._url is None:
-            url = self.workspace_url
-            if url is None:
-                from cvdeploy.platforms.local.daemon import ensure_running
-
-                # CVDEPLOY_PORT moves the embedded platform off 8080 (tests, busy machines).
-                url = ensure_running(port=int(os.environ.get("CVDEPLOY_PORT", "8080")))
-            self._url = url
+            self._url = (
+                local_url(self.workspace_url) if self.platform == "local" else self.workspace_url
+            ) or ""
         return self._url
 
+    def connect(self) -> Platform:
+        """A new connection to the platform; use it as a context manager."""
+        return connect(self.url, self.token, platform=self.platform)
+
     @contextmanager
-    def _client(self) -> Iterator[PlatformClient]:
+    def _client(self) -> Iterator[Platform]:
         # A client per call: ModelServer has no close() a seed script would call, and an httpx
         # client left to the garbage collector leaks its sockets.
-        with PlatformClient(self.url, self.token) as client:
+        with self.connect() as client:
             yield client
 
     # -- the seed's methods -------------------------------------------------------------------
@@ -240,7 +233,7 @@ class EndpointManager:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _wait(self, client: PlatformClient, endpoint_name: str, what: str) -> EndpointInfo:
+    def _wait(self, client: Platform, endpoint_name: str, what: str) -> EndpointInfo:
         with _progress(what) as show:
             try:
                 return client.wait_not_updating(endpoint_name, timeout=self.timeout, on_poll=show)

@@ -168,6 +168,7 @@ class ModelServer:
     ) -> None:
         from cvdeploy.platforms.endpoints import EndpointManager
 
+        platform = options.pop("platform", None)
         if options:
             raise ConfigError(
                 "options such as " + ", ".join(sorted(options)) + " apply to serving a file; in "
@@ -179,6 +180,7 @@ class ModelServer:
             workspace_url=workspace_url,
             token=token,
             timeout=max(float(timeout), 600.0),
+            platform=platform,
         )
 
     # -- registry mode (seed 001) ------------------------------------------------------------

@@ -185,9 +185,29 @@ def test_platform_is_abstract_over_the_control_plane_operations() -> None:
         "list_endpoints",
         "update_config",
         "delete_endpoint",
+        "wait_not_updating",
+        "stats",
         "query",
         "metrics",
+        "logs",
     }
+
+
+def test_a_platform_without_revisions_says_so_on_rollback() -> None:
+    from cvdeploy.errors import NotAvailableError
+    from cvdeploy.platforms.client import PlatformClient
+
+    assert issubclass(PlatformClient, Platform)
+
+    class NoRevisions(PlatformClient):
+        kind = "somewhere"
+        rollback = Platform.rollback
+
+    with (
+        NoRevisions("http://127.0.0.1:9") as client,
+        pytest.raises(NotAvailableError, match="somewhere keeps no config revisions"),
+    ):
+        client.rollback("ep")
 
 
 def test_unity_catalog_entity_name_gets_a_dotless_default_name() -> None:

@@ -131,13 +131,19 @@ def test_registry_mode_is_lazy_and_keeps_the_modes_apart(classifier_path):
         ModelServer("classification", classifier_path).create_endpoint("e")
 
 
-def test_a_databricks_workspace_fails_loudly_until_its_backend_exists():
-    with pytest.raises(NotAvailableError, match="Databricks backend"):
-        ModelServer(
-            workspace_url="https://your-workspace.cloud.databricks.com",
-            token="t",
-            model_name="cv_model",
-        )
+def test_the_workspace_url_or_platform_picks_where_endpoints_run():
+    def platform(**kwargs):
+        return ModelServer(model_name="cv_model", **kwargs).endpoints.platform
+
+    assert platform(workspace_url="https://your-workspace.cloud.databricks.com") == "databricks"
+    assert platform(workspace_url="http://127.0.0.1:9") == "local"
+    assert platform() == "local"
+    assert platform(workspace_url="http://127.0.0.1:9", platform="databricks") == "databricks"
+    with pytest.raises(ConfigError, match="unknown platform 'k8s'"):
+        platform(platform="k8s")
+    server = ModelServer(workspace_url="ray://head:10001", model_name="cv_model")
+    with pytest.raises(NotAvailableError, match="Ray Serve backend is not in this build"):
+        server.create_endpoint("cv_endpoint")
 
 
 def test_missing_model_file_is_named(tmp_path):
