@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,7 +55,9 @@ class DeploymentPipeline:
             registered with the version.
         model_version: The candidate: a version number or alias. Default: the ``candidate``
             alias when set, else the latest version.
-        registry_uri: MLflow URI of the registry; default: the local one in ``$CVDEPLOY_HOME``.
+        registry_uri: MLflow URI of the registry; default: ``$CVDEPLOY_REGISTRY_URI``, else
+            Unity Catalog (``databricks-uc``) on Databricks, else the local one in
+            ``$CVDEPLOY_HOME``.
         report_dir: Where the report is written; default: a folder per run under
             ``$CVDEPLOY_HOME/pipeline/``.
         on_event: Called with ``(stage, "start" | status, detail)`` as stages run (the CLI's
@@ -93,7 +96,7 @@ class DeploymentPipeline:
         self.config = config if isinstance(config, Config) else Config(config)
         self.eval_data = eval_data
         self.model_version = None if model_version is None else str(model_version)
-        self.registry = Registry(registry_uri)
+        self.registry = Registry(_registry_uri(registry_uri, workspace_url, token, platform))
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.timeout = timeout
         self.platform = platform
@@ -317,6 +320,24 @@ class DeploymentPipeline:
             yield result
         detail = "; ".join(result.reasons) or result.skipped or f"{result.seconds:.2f} s"
         self.emit(name, result.status, detail)
+
+
+def _registry_uri(
+    uri: str | None, workspace_url: str | None, token: str | None, platform: str | None
+) -> str | None:
+    """The registry a pipeline on this platform reads: on Databricks, Unity Catalog."""
+    from cvdeploy.platforms.connect import resolve_platform
+    from cvdeploy.registry.store import REGISTRY_URI_ENV
+
+    if uri or os.environ.get(REGISTRY_URI_ENV):
+        return uri
+    if resolve_platform(workspace_url, platform) != "databricks" or workspace_url is None:
+        return None
+    # MLflow's Databricks stores find the workspace through these (or ~/.databrickscfg).
+    os.environ.setdefault("DATABRICKS_HOST", workspace_url)
+    if token:
+        os.environ.setdefault("DATABRICKS_TOKEN", token)
+    return "databricks-uc"
 
 
 def _validated_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:

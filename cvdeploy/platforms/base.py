@@ -43,6 +43,7 @@ from cvdeploy.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
+from cvdeploy.platforms.concurrency import replicas_from_concurrency
 
 __all__ = [
     "ConfigUpdate",
@@ -62,6 +63,7 @@ __all__ = [
     "UnauthenticatedError",
     "WorkloadSize",
     "WorkloadType",
+    "entity_name_for",
 ]
 
 WorkloadSize = Literal["Small", "Medium", "Large"]
@@ -87,6 +89,12 @@ def _problem(message: str) -> PydanticCustomError:
 class _Spec(BaseModel):
     # A misspelt key (``max_replica``) must fail loudly, not be dropped.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def entity_name_for(model: str, version: str) -> str:
+    """The default served-entity name of ``(model, version)``: Databricks' rule, where a Unity
+    Catalog name ``catalog.schema.model`` version 3 gives ``model-3``."""
+    return f"{model.rsplit('.', 1)[-1]}-{version}"
 
 
 class ServedEntity(_Spec):
@@ -116,6 +124,39 @@ class ServedEntity(_Spec):
         description="Sets each replica's threads and memory limit (docs/platform.md's table).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _provisioned_concurrency(cls, data: Any) -> Any:
+        # Databricks sizes an entity by provisioned concurrency (databricks-sdk sends that, not
+        # replicas); it becomes cvdeploy's replicas of the workload size that divides it.
+        keys = ("min_provisioned_concurrency", "max_provisioned_concurrency")
+        if not isinstance(data, Mapping) or not any(k in data for k in keys):
+            return data
+        data = dict(data)
+        low, high = (data.pop(k, None) for k in keys)
+        if "min_replicas" in data or "max_replicas" in data:
+            raise _problem(
+                "give replica bounds (min_replicas/max_replicas) or Databricks' provisioned "
+                "concurrency, not both"
+            )
+        bounds: list[int | None] = []
+        for key, value in zip(keys, (low, high), strict=True):
+            if value is None:
+                bounds.append(None)
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _problem(f"{key} must be a whole number of requests >= 0, got {value!r}")
+            bounds.append(value)
+        low_n = bounds[0] if bounds[0] is not None else 0
+        high_n = bounds[1] if bounds[1] is not None else max(low_n, 4)
+        if low_n > high_n:
+            raise _problem(f"{keys[0]} ({low_n}) is greater than {keys[1]} ({high_n})")
+        size, low_r, high_r = replicas_from_concurrency(
+            low_n, high_n, data.get("workload_size"), bool(data.get("scale_to_zero_enabled"))
+        )
+        data.update(workload_size=size, min_replicas=low_r, max_replicas=high_r)
+        return data
+
     @field_validator("entity_version", mode="before")
     @classmethod
     def _version_as_text(cls, value: Any) -> Any:
@@ -137,8 +178,7 @@ class ServedEntity(_Spec):
     @model_validator(mode="after")
     def _defaults_and_bounds(self) -> ServedEntity:
         if not self.name:
-            # Unity Catalog names (catalog.schema.model) carry dots, which names may not.
-            derived = f"{self.entity_name}-{self.entity_version}".replace(".", "_")
+            derived = entity_name_for(self.entity_name, self.entity_version)
             if not re.match(_NAME_PATTERN, derived):
                 raise _problem(
                     f"the default served entity name '{derived}' is not valid (letters, digits, "

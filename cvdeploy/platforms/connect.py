@@ -13,6 +13,9 @@ None / ``"auto"``    decided by the URL: none -> the embedded local platform; a
                      ``http://127.0.0.1:PORT``, which is how tests aim it at a fake
 ``"ray"``            Ray Serve (not in this build yet: a clear error)
 ===================  =============================================================
+
+``$CVDEPLOY_PLATFORM`` sets the default of ``platform`` (so a script written for one platform
+runs unchanged on another).
 """
 
 from __future__ import annotations
@@ -24,10 +27,18 @@ from urllib.parse import urlparse
 from cvdeploy.errors import ConfigError, NotAvailableError
 from cvdeploy.platforms.base import Platform
 
-__all__ = ["PLATFORMS", "PlatformName", "connect", "is_databricks_host", "resolve_platform"]
+__all__ = [
+    "PLATFORMS",
+    "PLATFORM_ENV",
+    "PlatformName",
+    "connect",
+    "is_databricks_host",
+    "resolve_platform",
+]
 
 PlatformName = Literal["local", "databricks", "ray"]
 PLATFORMS: tuple[str, ...] = ("auto", "local", "cvdeploy", "databricks", "ray")
+PLATFORM_ENV = "CVDEPLOY_PLATFORM"
 _DATABRICKS_SUFFIXES = (".cloud.databricks.com", ".azuredatabricks.net", ".gcp.databricks.com")
 
 
@@ -43,6 +54,7 @@ def resolve_platform(url: str | None, platform: str | None = None) -> PlatformNa
     Raises:
         ConfigError: an unknown platform name, or one that needs a URL it was not given.
     """
+    platform = platform or os.environ.get(PLATFORM_ENV) or None
     name = (platform or "auto").strip().lower()
     if name not in PLATFORMS:
         raise ConfigError(f"unknown platform {platform!r}; choose one of {', '.join(PLATFORMS)}")

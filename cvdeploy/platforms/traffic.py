@@ -5,7 +5,8 @@ endpoint's serving config to the config to switch to, so the CLI and the Python 
 the rule is tested without a platform:
 
 * The target is the served entity for ``(model, version)``; a new one is named
-  ``"{model}-{version}"`` (dots become ``_``, as in :class:`ServedEntity`) and copies the
+  ``"{model}-{version}"`` (the last part of a Unity Catalog name, as in :class:`ServedEntity`)
+  and copies the
   replica settings (workload size and type, scale to zero, replica bounds, batching) of the
   current *primary*, the entity with the most traffic.
 * The target gets ``traffic_percentage``; the rest goes to the *receiver*, the other entity with
@@ -23,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from cvdeploy.errors import ConfigError
-from cvdeploy.platforms.base import EndpointCoreConfig, ServedEntity
+from cvdeploy.platforms.base import EndpointCoreConfig, ServedEntity, entity_name_for
 
 __all__ = ["entity_name_for", "next_config"]
 
@@ -37,11 +38,6 @@ _INHERITED = (
     "batching",
     "instance_type",
 )
-
-
-def entity_name_for(model: str, version: str) -> str:
-    """The default served-entity name of ``(model, version)``, as :class:`ServedEntity` derives."""
-    return f"{model}-{version}".replace(".", "_")
 
 
 def next_config(

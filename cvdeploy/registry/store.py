@@ -7,6 +7,7 @@ and only the registry, the pipeline and the platform need it.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -29,10 +30,12 @@ from cvdeploy.registry.records import ModelVersion, RegisteredModel
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["ALIASES", "Registry"]
+__all__ = ["ALIASES", "REGISTRY_URI_ENV", "Registry"]
 
 #: The aliases cvdeploy's CLI and pipeline use; any alias MLflow accepts works.
 ALIASES = ("champion", "candidate")
+#: The environment variable that names the registry when no URI is given.
+REGISTRY_URI_ENV = "CVDEPLOY_REGISTRY_URI"
 EXPERIMENT = "cvdeploy-registry"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # MLflow's own rule for metric keys.
@@ -43,14 +46,17 @@ class Registry:
     """The model registry.
 
     Args:
-        uri: any MLflow tracking/registry URI; default: the SQLite file
-            ``$CVDEPLOY_HOME/mlflow.db`` with artifacts under ``$CVDEPLOY_HOME/artifacts``.
+        uri: any MLflow registry URI (``http(s)://`` tracking server, ``databricks``,
+            ``databricks-uc`` for Unity Catalog, ``sqlite:///...``); default:
+            ``$CVDEPLOY_REGISTRY_URI``, else the SQLite file ``$CVDEPLOY_HOME/mlflow.db`` with
+            artifacts under ``$CVDEPLOY_HOME/artifacts``.
         home: the state folder (default ``$CVDEPLOY_HOME`` or ``~/.cvdeploy``); also holds the
             download cache for remote artifact stores.
     """
 
     def __init__(self, uri: str | None = None, *, home: str | Path | None = None) -> None:
         self.home = Path(home).expanduser().resolve() if home else cvdeploy_home().resolve()
+        uri = uri or os.environ.get(REGISTRY_URI_ENV) or None
         self.uri = uri or default_registry_uri(self.home)
         self._local = uri is None
         self._client: MlflowClient | None = None
@@ -59,13 +65,21 @@ class Registry:
         return f"Registry(uri={self.uri!r})"
 
     @property
+    def tracking_uri(self) -> str:
+        """Where runs (registration, pipeline) are recorded: the registry's own store, except
+        for Unity Catalog, whose runs live in the workspace's tracking server."""
+        if self.uri == "databricks-uc" or self.uri.startswith("databricks-uc://"):
+            return "databricks" + self.uri[len("databricks-uc") :]
+        return self.uri
+
+    @property
     def client(self) -> MlflowClient:
         if self._client is None:
             if self._local:
                 self.home.mkdir(parents=True, exist_ok=True)
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.uri)
         return self._client
 
     # -- writing -------------------------------------------------------------------------

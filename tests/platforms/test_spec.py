@@ -210,11 +210,53 @@ def test_a_platform_without_revisions_says_so_on_rollback() -> None:
         client.rollback("ep")
 
 
-def test_unity_catalog_entity_name_gets_a_dotless_default_name() -> None:
+def test_unity_catalog_entity_name_gets_databricks_default_name() -> None:
     body = spec({"entity_name": "main.models.cv_model", "entity_version": "2"})
-    assert EndpointSpec.parse(body).config.served_entities[0].name == "main_models_cv_model-2"
+    assert EndpointSpec.parse(body).config.served_entities[0].name == "cv_model-2"
 
 
 def test_entity_name_that_cannot_make_a_default_name_asks_for_one() -> None:
     err = error_of(spec({"entity_name": "my model", "entity_version": "1"}))
     assert "set 'name' on this served entity" in err.message
+
+
+def test_databricks_provisioned_concurrency_becomes_replicas() -> None:
+    def bounds(**fields):
+        body = spec({"entity_name": "cv_model", "entity_version": "1", **fields})
+        served = EndpointSpec.parse(body).config.served_entities[0]
+        return served.workload_size, served.replica_bounds
+
+    assert bounds(min_provisioned_concurrency=4, max_provisioned_concurrency=12) == (
+        "Small",
+        (1, 3),
+    )
+    # 16..64 is one to four Medium replicas (64 does not divide 16).
+    assert bounds(min_provisioned_concurrency=16, max_provisioned_concurrency=64) == (
+        "Medium",
+        (1, 4),
+    )
+    assert bounds(
+        min_provisioned_concurrency=0, max_provisioned_concurrency=8, scale_to_zero_enabled=True
+    ) == ("Small", (0, 2))
+    with pytest.raises(ConfigError, match="not both"):
+        EndpointSpec.parse(
+            spec(
+                {
+                    "entity_name": "cv_model",
+                    "entity_version": "1",
+                    "min_replicas": 1,
+                    "max_provisioned_concurrency": 8,
+                }
+            )
+        )
+    with pytest.raises(ConfigError, match="greater than"):
+        EndpointSpec.parse(
+            spec(
+                {
+                    "entity_name": "cv_model",
+                    "entity_version": "1",
+                    "min_provisioned_concurrency": 8,
+                    "max_provisioned_concurrency": 4,
+                }
+            )
+        )

@@ -141,10 +141,13 @@ def test_taken_default_name_is_refused():
         next_config(current, "digits", "2", 10)
 
 
-def test_unity_catalog_names_lose_their_dots():
+def test_unity_catalog_names_get_databricks_default_entity_name():
     new = next_config(config(("digits", "1", 100)), "main.cv.digits", "2", 10)
-    assert entity_name_for("main.cv.digits", "2") == "main_cv_digits-2"
-    assert split(new) == {"digits-1": 90, "main_cv_digits-2": 10}
+    assert entity_name_for("main.cv.digits", "2") == "digits-2"
+    assert split(new) == {"digits-1": 90, "digits-2": 10}
+    # Two models whose last parts agree would share a default name: refused, with the fix.
+    with pytest.raises(ConfigError, match="already used"):
+        next_config(new, "other.cv.digits", "2", 10)
 
 
 def test_invalid_model_name_is_a_config_error():

@@ -360,7 +360,14 @@ class DatabricksPlatform(Platform):
     def _detailed(self, name: str) -> dict[str, Any]:
         validate_endpoint_name(name)
         with databricks_errors(self.url, f"get endpoint '{name}'"):
-            return self.workspace.serving_endpoints.get(name=name).as_dict()
+            # The raw JSON, not the SDK's dataclass: the dataclass drops fields it does not
+            # know, such as the replica bounds a cvdeploy control plane answers with.
+            data = self.workspace.api_client.do(
+                "GET",
+                f"/api/2.0/serving-endpoints/{name}",
+                headers={"Accept": "application/json"},
+            )
+        return dict(data) if isinstance(data, dict) else {}
 
 
 class BuildLogSource(Protocol):

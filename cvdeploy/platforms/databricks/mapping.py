@@ -22,7 +22,7 @@ cvdeploy                    Databricks
 
 Served-entity names follow Databricks' default where cvdeploy derived them: a Unity Catalog
 model ``catalog.schema.model`` version 3 is served as ``model-3`` (cvdeploy alone would say
-``catalog_schema_model-3``); a name the user chose is kept.
+``catalog_schema_model-3`` before it took Databricks' rule); a name the user chose is kept.
 
 Everything here is a pure function of its arguments, so the table is unit-tested without a
 workspace.
@@ -46,6 +46,7 @@ from cvdeploy.platforms.base import (
     WorkloadSize,
     WorkloadType,
 )
+from cvdeploy.platforms.concurrency import CONCURRENCY_PER_REPLICA, replicas_from_concurrency
 from cvdeploy.platforms.instance_types import lookup
 
 __all__ = [
@@ -61,8 +62,6 @@ __all__ = [
     "validate_endpoint_name",
 ]
 
-#: Requests one replica serves at once, by workload size (the local platform's numbers too).
-CONCURRENCY_PER_REPLICA: dict[str, int] = {"Small": 4, "Medium": 16, "Large": 64}
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _WORKLOAD_TYPES: frozenset[str] = frozenset(get_args(WorkloadType))
 _WORKLOAD_SIZES: frozenset[str] = frozenset(get_args(WorkloadSize))
@@ -109,6 +108,7 @@ def databricks_entity_name(entity: ServedEntity) -> str:
     A Unity Catalog name ``catalog.schema.model`` gives ``model-<version>``; a name the user set
     (anything but cvdeploy's derived ``catalog_schema_model-<version>``) is kept.
     """
+    # Specs written before cvdeploy took Databricks' rule derived "catalog_schema_model-N".
     derived = f"{entity.entity_name}-{entity.entity_version}".replace(".", "_")
     if entity.name != derived or "." not in entity.entity_name:
         return entity.name
@@ -209,32 +209,6 @@ def config_to_databricks(config: EndpointCoreConfig) -> DatabricksConfig:
     return DatabricksConfig(config=body, rate_limits=limits)
 
 
-def replicas_from_concurrency(
-    low: int, high: int, workload_size: str | None, scale_to_zero: bool
-) -> tuple[str, int, int]:
-    """cvdeploy's ``(workload_size, min_replicas, max_replicas)`` for Databricks' provisioned
-    concurrency: the inverse of :func:`entity_to_databricks`.
-
-    The size Databricks reports is kept where its concurrency per replica divides both bounds;
-    else the largest size that does (Databricks does not echo the size cvdeploy left out, and
-    16 requests are one Medium replica or four Small ones alike); else Small.
-    """
-    sizes = sorted(CONCURRENCY_PER_REPLICA, key=CONCURRENCY_PER_REPLICA.__getitem__, reverse=True)
-    if workload_size in CONCURRENCY_PER_REPLICA:
-        sizes.insert(0, workload_size)
-    size = next(
-        (
-            s
-            for s in sizes
-            if not low % CONCURRENCY_PER_REPLICA[s] and not high % CONCURRENCY_PER_REPLICA[s]
-        ),
-        "Small",
-    )
-    per = CONCURRENCY_PER_REPLICA[size]
-    floor = 0 if scale_to_zero else 1
-    return size, max(low // per, floor), max(-(-high // per), 1, low // per)
-
-
 def entity_from_databricks(data: Mapping[str, Any]) -> dict[str, Any]:
     """The cvdeploy served-entity JSON of a Databricks ``served_entities[]`` (or legacy
     ``served_models[]``) item, keeping only what cvdeploy's spec knows.
@@ -272,6 +246,10 @@ def entity_from_databricks(data: Mapping[str, Any]) -> dict[str, Any]:
         body["workload_size"], body["min_replicas"], body["max_replicas"] = (
             replicas_from_concurrency(low, high, size, scale_to_zero)
         )
+    elif isinstance(data.get("min_replicas"), int):
+        # A cvdeploy control plane answers with its own replica bounds.
+        body["min_replicas"] = data["min_replicas"]
+        body["max_replicas"] = data.get("max_replicas")
     return body
 
 

@@ -108,8 +108,21 @@ def create_platform_app(
     async def metrics() -> Response:
         return Response(platform.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    async def host_metadata(request: Request) -> JSONResponse:
+        # databricks-sdk asks every host for this, unauthenticated, when a client is built;
+        # without an answer it logs a warning on every connection. Tokens are the only auth
+        # here, so the OIDC endpoint is never used.
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse({"oidc_endpoint": f"{base}/oidc", "workspace_id": "cvdeploy"})
+
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness of the platform")
     app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics")
+    app.add_api_route(
+        "/.well-known/databricks-config",
+        host_metadata,
+        methods=["GET"],
+        summary="Host metadata databricks-sdk probes for (cvdeploy)",
+    )
     # The data plane skips FastAPI: auth and request ids wrap a plain dispatch by path prefix.
     dispatch = _Dispatch(gateway, app)
     auth = AuthMiddleware(dispatch, state=platform.state, require_tokens=require_tokens)

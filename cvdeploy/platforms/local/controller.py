@@ -34,6 +34,7 @@ from cvdeploy.platforms.base import (
     EndpointSpec,
     ServedEntity,
 )
+from cvdeploy.platforms.concurrency import CONCURRENCY_PER_REPLICA
 from cvdeploy.platforms.instance_types import lookup, replica_resources
 from cvdeploy.platforms.local.autoscaler import (
     AutoscalingPolicy,
@@ -56,7 +57,6 @@ __all__ = ["EndpointRuntime", "EntityRuntime", "LocalPlatform", "PlatformOptions
 logger = logging.getLogger("cvdeploy.platform")
 
 #: In-flight requests per replica the autoscaler aims at, by Databricks workload size.
-_CONCURRENCY = {"Small": 4, "Medium": 16, "Large": 64}
 
 
 @dataclass(frozen=True)
@@ -432,7 +432,7 @@ class LocalPlatform:
         return AutoscalingPolicy(
             min_replicas=low,
             max_replicas=high,
-            target_concurrency=_CONCURRENCY.get(entity.workload_size, 4),
+            target_concurrency=CONCURRENCY_PER_REPLICA.get(entity.workload_size, 4),
             target_cpu=defaults.target_cpu,
             upscale_delay_s=defaults.upscale_delay_s,
             downscale_delay_s=defaults.downscale_delay_s,

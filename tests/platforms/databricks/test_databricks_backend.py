@@ -193,13 +193,6 @@ def test_bad_names_and_unsupported_fields_fail_before_any_call(
         assert "dbx-batching" not in [e.name for e in platform.list_endpoints()]
 
 
-@pytest.mark.xfail(
-    reason="cvdeploy's control plane does not take Databricks' min/max_provisioned_concurrency "
-    "yet (base.ServedEntity forbids them), so replica bounds other than 1..1 cannot reach it "
-    "through databricks-sdk",
-    raises=ConfigError,
-    strict=True,
-)
 def test_replica_bounds_reach_the_control_plane_as_provisioned_concurrency(
     control_plane: tuple[str, str],
 ) -> None:

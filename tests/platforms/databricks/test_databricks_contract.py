@@ -135,10 +135,7 @@ def test_quota_is_reported_quickly_without_hammering(ws: FakeWorkspace) -> None:
             for v in (1, 2)
         ]  # fmt: skip
         # cvdeploy's spec names them catalog_schema_model-N; Databricks gets model-N.
-        routes = [
-            {"served_model_name": f"main_vision_cv_model-{v}", "traffic_percentage": 50}
-            for v in (1, 2)
-        ]
+        routes = [{"served_model_name": f"cv_model-{v}", "traffic_percentage": 50} for v in (1, 2)]
         with pytest.raises(RateLimitedError, match="quota"):
             platform.create_endpoint(
                 {

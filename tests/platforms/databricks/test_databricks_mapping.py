@@ -181,8 +181,8 @@ def test_unity_catalog_names_get_databricks_default_entity_name() -> None:
                 ],
                 "traffic_config": {
                     "routes": [
-                        {"served_model_name": "main_vision_digits-3", "traffic_percentage": 90},
-                        {"served_model_name": "main_vision_digits-4", "traffic_percentage": 10},
+                        {"served_model_name": "digits-3", "traffic_percentage": 90},
+                        {"served_model_name": "digits-4", "traffic_percentage": 10},
                     ]
                 },
             },
