@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,9 +19,6 @@ from rich.table import Table
 
 from cvdeploy.cli.output import console, err_console, fail, print_json
 from cvdeploy.errors import ConfigError, CVDeployError
-
-if TYPE_CHECKING:
-    from cvdeploy.pipeline import StageResult
 
 __all__ = ["EXIT_CODES", "pipeline_app"]
 
@@ -141,6 +138,7 @@ def run(
     from cvdeploy.pipeline import DeploymentPipeline
 
     progress = _Progress(quiet=as_json)
+    pipeline: DeploymentPipeline | None = None
     try:
         pipeline = DeploymentPipeline(
             workspace_url,
@@ -160,28 +158,32 @@ def run(
                 model_file, task=model_type, labels=labels, source_commit=source_commit
             )
             if submitted is None:
-                result = _refused(model, model_file, stage)
+                from cvdeploy.pipeline.run import record_refusal
+
+                result = record_refusal(pipeline, model_file, stage)
+                progress.close()
                 _finish(result, as_json)
                 return
         result = pipeline.run_pipeline(thresholds, endpoint)
     except CVDeployError as exc:
         progress.close()
         raise fail(exc) from None
+    except KeyboardInterrupt:
+        progress.close()
+        _interrupted(pipeline.last_result if pipeline is not None else {})
+        raise typer.Exit(code=130) from None
     finally:
         progress.close()
     _finish(result, as_json)
 
 
-def _refused(model: str, path: Path, stage: StageResult) -> dict[str, Any]:
-    return {
-        "status": "rejected",
-        "model_name": model,
-        "model_version": None,
-        "model_file": str(path),
-        "reasons": stage.reasons,
-        "stages": [stage.to_dict()],
-        "notes": ["the file was not registered"],
-    }
+def _interrupted(result: dict[str, Any]) -> None:
+    err_console.print("[bold red]interrupted[/]: the run stopped before it finished")
+    if result.get("run_id"):
+        err_console.print(f"  MLflow run {escape(str(result['run_id']))} ended FAILED")
+    if result.get("report"):
+        err_console.print(f"  report: {escape(str(result['report']))}/report.html")
+    err_console.print("  nothing was promoted; a rollout in progress was put back on its champion")
 
 
 def _finish(result: dict[str, Any], as_json: bool) -> None:
@@ -197,7 +199,10 @@ def _finish(result: dict[str, Any], as_json: bool) -> None:
 def _print_result(result: dict[str, Any]) -> None:
     status = str(result.get("status"))
     colour = "green" if status == "deployed" else "red"
-    what = f"{result.get('model_name')} version {result.get('model_version')}"
+    version = result.get("model_version")
+    what = f"{result.get('model_name')} " + (
+        f"version {version}" if version else f"file {result.get('model_file')}"
+    )
     if result.get("endpoint"):
         what += f" at endpoint {result['endpoint']}"
     console.print(f"[bold {colour}]{escape(status.upper().replace('_', ' '))}[/] {escape(what)}")

@@ -27,9 +27,24 @@ __all__ = [
 
 #: Quality metrics that are fractions: a threshold of 90 for one of them is a typo for 0.9.
 FRACTION_METRICS = frozenset(
-    {"accuracy", "precision", "recall", "f1", "map", "map50", "map75", "map50_95", "top1", "top5"}
+    {
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "precision_weighted",
+        "recall_weighted",
+        "f1_weighted",
+        "map",
+        "map50",
+        "map75",
+        "map50_95",
+        "top1",
+        "top5",
+    }
 )
-_ENDPOINT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+# Databricks' rule for endpoint names, as cvdeploy.platforms.base checks it.
+_ENDPOINT_NAME = r"^[A-Za-z0-9_-]{1,63}$"
 
 
 def _default_thresholds() -> dict[str, float]:
@@ -61,7 +76,11 @@ class ResourcesConfig(Section):
         default=None, gt=0, le=86_400, description="Seconds to load and warm up the model."
     )
     max_memory_mb: float | None = Field(
-        default=None, gt=0, le=1e7, description="Resident memory the loaded model adds, megabytes."
+        default=None,
+        gt=0,
+        le=1e7,
+        description="Peak resident memory of a process that loads and runs the model, megabytes "
+        "(what a container's memory limit applies to).",
     )
 
 
@@ -175,8 +194,8 @@ class CICDConfig(Section):
         default=0.01,
         ge=0,
         le=1,
-        description="How far below the champion a gated metric may fall (absolute, 0.01 = one "
-        "point).",
+        description="How far below the champion a thresholded metric may fall (absolute, 0.01 "
+        "= one point).",
     )
     rollout_steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default_factory=lambda: [10, 50, 100],

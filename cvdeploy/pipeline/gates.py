@@ -68,6 +68,11 @@ def normalise_thresholds(
     for raw, value in thresholds.items():
         name = _ALIASES.get(raw.strip().lower(), raw.strip().lower())
         if name in valid:
+            if not 0 <= float(value) <= 1:
+                raise ConfigError(
+                    f"metrics_threshold {raw!r} is {value}; every {task} metric is a fraction "
+                    "from 0 to 1 (write 0.9 for 90%)"
+                )
             kept[name] = float(value)
         elif from_defaults:
             notes.append(f"default threshold {raw!r} skipped: not measured for {task} models")
@@ -86,11 +91,14 @@ def check_gates(
     champion: Mapping[str, float] | None = None,
     champion_version: str | None = None,
     max_regression: float = 0.01,
+    no_champion: str | None = None,
 ) -> StageResult:
-    """Every threshold, then every gated metric against the champion's (when there is one).
+    """Every threshold, then every thresholded metric against the champion's (when there is
+    one): a candidate may not fall more than ``max_regression`` below it.
 
     ``metrics`` and ``champion`` are :func:`gated_metrics` of two evaluations on the same data;
-    ``thresholds`` come from :func:`normalise_thresholds`.
+    ``thresholds`` come from :func:`normalise_thresholds`; ``no_champion`` says why there is
+    no comparison when ``champion`` is None.
     """
     stage = StageResult("gates")
     for name, minimum in thresholds.items():
@@ -108,7 +116,8 @@ def check_gates(
             minimum,
         )
     if champion is None:
-        stage.check("regression", None, "no champion to compare with (first deployment)")
+        detail = no_champion or "no champion to compare with (first deployment)"
+        stage.check("regression", None, detail)
         return stage
     label = f"champion v{champion_version}" if champion_version else "the champion"
     for name in thresholds:

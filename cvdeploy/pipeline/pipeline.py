@@ -26,6 +26,7 @@ from cvdeploy.config._cicd import CICDConfig
 from cvdeploy.config.loader import validate_section
 from cvdeploy.errors import ConfigError
 from cvdeploy.pipeline.stages import StageResult, timed_stage
+from cvdeploy.platforms.base import check_endpoint_name
 
 __all__ = ["STATUSES", "DeploymentPipeline"]
 
@@ -102,6 +103,9 @@ class DeploymentPipeline:
         self.platform = platform
         self._on_event = on_event
         self.last_rollout: dict[str, Any] | None = None
+        #: The result of the run in progress or the last one (complete once it returns); what
+        #: an interrupted run had recorded, for the CLI to point at its report.
+        self.last_result: dict[str, Any] = {}
         self._endpoints: Any = None
 
     def __repr__(self) -> str:
@@ -146,7 +150,9 @@ class DeploymentPipeline:
             ci_cd.metrics_threshold if metrics_threshold is None else metrics_threshold
         )
         endpoint = endpoint_name or ci_cd.endpoint_name or f"{self.model_name}-endpoint"
+        check_endpoint_name(endpoint)
         runner = PipelineRunner(self, thresholds, from_defaults, endpoint)
+        self.last_result = runner.result
         return runner.run()
 
     def evaluate_model(self, model_version: str | int) -> dict[str, float]:
@@ -171,6 +177,7 @@ class DeploymentPipeline:
         """
         from cvdeploy.pipeline.deploy import deploy
 
+        check_endpoint_name(endpoint_name)
         report = deploy(self, str(model_version), endpoint_name)
         self.last_rollout = report
         if report["status"] == "rolled_back":
@@ -195,19 +202,38 @@ class DeploymentPipeline:
         """Security-check a model file, then register it and point ``candidate`` at it.
 
         The check runs before registration, so an unsafe file (a pickle, an ONNX whose external
-        data escapes its folder, a custom-op domain) never enters the registry.
+        data escapes its folder, a custom-op domain) never enters the registry. A file already
+        registered (same sha256) is not registered again: that version becomes the candidate,
+        so re-running a CI job does not pile up identical versions. The evaluation data is
+        checked first too, and recorded with a new version.
 
         Returns:
             ``(version, security stage)``; the version is None when the file was refused (the
             stage's ``reasons`` say why).
-        """
-        from cvdeploy.pipeline.security import assess_security
 
+        Raises:
+            ConfigError: the file does not exist, or there is no usable evaluation data.
+        """
+        from cvdeploy._hashing import file_sha256
+        from cvdeploy.pipeline.datasets import load_eval_data
+        from cvdeploy.pipeline.security import assess_security
+        from cvdeploy.registry import RegistryNotFoundError
+
+        model_file = Path(path).expanduser()
+        if not model_file.is_file():
+            raise ConfigError(f"model file not found: {model_file}")
+        source = self.eval_data or self.ci_cd.eval_data
+        if source is None:
+            raise ConfigError(
+                f"no evaluation data for a new version of {self.model_name}: pass eval_data= "
+                "(or --eval-data), or set ci_cd.eval_data in the config"
+            )
+        load_eval_data(source, max_images=1)  # a missing or malformed set fails before anything
         security = self.ci_cd.security
         max_mb = self.ci_cd.resources.max_model_mb
         with self.stage("security") as stage:
             produced = assess_security(
-                Path(path),
+                model_file,
                 allow_pickle=security.allow_pickle,
                 max_model_bytes=None if max_mb is None else int(max_mb * 1e6),
                 allowed_op_domains=security.allowed_op_domains,
@@ -216,18 +242,29 @@ class DeploymentPipeline:
             stage.figures.update(produced.figures)
         if not stage.passed:
             return None, stage
-        registered = self.registry.register(
-            path,
-            self.model_name,
-            task=task,
-            labels=labels,
-            source_commit=source_commit,
-            description=description,
-        )
-        self.registry.set_alias(self.model_name, "candidate", registered.version)
-        self.model_version = registered.version
-        self.emit("registry", "passed", f"registered as version {registered.version} (candidate)")
-        return registered.version, stage
+        digest = file_sha256(model_file)
+        try:
+            known = [v for v in self.registry.versions(self.model_name) if v.sha256 == digest]
+        except RegistryNotFoundError:
+            known = []
+        if known:
+            version = known[-1].version
+            self.emit("registry", "passed", f"already registered as version {version}")
+        else:
+            registered = self.registry.register(
+                model_file,
+                self.model_name,
+                task=task,
+                labels=labels,
+                source_commit=source_commit,
+                description=description,
+                eval_data=source,
+            )
+            version = registered.version
+            self.emit("registry", "passed", f"registered as version {version}")
+        self.registry.set_alias(self.model_name, "candidate", version)
+        self.model_version = version
+        return version, stage
 
     # -- building blocks the runner and the CLI share -------------------------------------------
 

@@ -40,8 +40,11 @@ class _Section:
     blocks: list[str | _Table | _Chart] = field(default_factory=list)
 
 
-def write_report(result: Mapping[str, Any], metrics: Mapping[str, Any], folder: Path) -> Path:
-    """Write the report of one pipeline run into ``folder``; returns ``report.md``'s path.
+def write_report(result: Mapping[str, Any], metrics: Mapping[str, Any], folder: Path) -> list[Path]:
+    """Write the report of one pipeline run into ``folder``; returns the files written.
+
+    Files an earlier report left in the same folder (a reused ``--report-dir``) are removed
+    first, so a short run never carries a longer run's charts; nothing else is touched.
 
     Args:
         result: :meth:`DeploymentPipeline.run_pipeline`'s dict.
@@ -49,18 +52,28 @@ def write_report(result: Mapping[str, Any], metrics: Mapping[str, Any], folder: 
             curves); empty when the run stopped before evaluation.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    for name in (*_FIXED_FILES, *_CHART_FILES):
+        (folder / name).unlink(missing_ok=True)
     title, sections = _document(result, metrics)
+    written: list[Path] = []
     for section in sections:
         for block in section.blocks:
             if isinstance(block, _Chart):
-                (folder / block.file).write_text(block.svg, encoding="utf-8")
-    (folder / "result.json").write_text(
-        json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8"
-    )
-    (folder / "report.html").write_text(_html(title, sections), encoding="utf-8")
-    markdown = folder / "report.md"
-    markdown.write_text(_markdown(title, sections), encoding="utf-8")
-    return markdown
+                written.append(folder / block.file)
+                written[-1].write_text(block.svg, encoding="utf-8")
+    outputs = {
+        "result.json": json.dumps(result, indent=2, default=str) + "\n",
+        "report.html": _html(title, sections),
+        "report.md": _markdown(title, sections),
+    }
+    for name, text in outputs.items():
+        (folder / name).write_text(text, encoding="utf-8")
+        written.append(folder / name)
+    return written
+
+
+_FIXED_FILES = ("result.json", "report.html", "report.md")
+_CHART_FILES = ("confusion_matrix.svg", "pr_curves.svg", "ap50.svg", "timings.svg")
 
 
 # -- the document -----------------------------------------------------------------------------
@@ -68,9 +81,10 @@ def write_report(result: Mapping[str, Any], metrics: Mapping[str, Any], folder: 
 
 def _document(result: Mapping[str, Any], metrics: Mapping[str, Any]) -> tuple[str, list[_Section]]:
     status = str(result.get("status", "failed"))
+    version = result.get("model_version")
+    what = f"v{version}" if version else str(result.get("model_file") or "a model file")
     title = (
-        f"cvdeploy pipeline: {result.get('model_name')} v{result.get('model_version')}: "
-        f"{status.upper().replace('_', ' ')}"
+        f"cvdeploy pipeline: {result.get('model_name')} {what}: {status.upper().replace('_', ' ')}"
     )
     sections = [_summary(result)]
     if result.get("reasons"):
@@ -94,7 +108,7 @@ def _summary(result: Mapping[str, Any]) -> _Section:
     data = result.get("eval_data") or {}
     rows = [
         ["status", str(result.get("status"))],
-        ["model", f"{result.get('model_name')} version {result.get('model_version')}"],
+        ["model", f"{result.get('model_name')} version {result.get('model_version') or '-'}"],
         ["task", str(result.get("task"))],
         ["champion before the run", _text(result.get("champion_version"), "none")],
         ["endpoint", _text(result.get("endpoint"), "not deployed")],
@@ -104,7 +118,7 @@ def _summary(result: Mapping[str, Any]) -> _Section:
         ["started", str(result.get("started_at"))],
         ["total time", f"{result.get('timings', {}).get('total', 0):.1f} s"],
     ]
-    return _Section("Summary", [_Table(["", ""], rows)])
+    return _Section("Summary", [_Table(["what", "value"], rows)])
 
 
 def _gates(gates: Sequence[Mapping[str, Any]]) -> _Section:
@@ -154,9 +168,8 @@ def _stages(stages: Sequence[Mapping[str, Any]]) -> _Section:
     rows = []
     for stage in stages:
         failed = [c["detail"] for c in stage.get("checks", []) if c.get("passed") is False]
-        summary = (
-            "; ".join(failed) or stage.get("skipped") or f"{len(stage.get('checks', []))} checks"
-        )
+        count = len(stage.get("checks", []))
+        summary = "; ".join(failed) or stage.get("skipped") or f"{count} check" + "s" * (count != 1)
         rows.append([stage["name"], stage["status"], f"{stage.get('seconds', 0):.2f}", summary])
     section = _Section("Stages", [_Table(["stage", "status", "seconds", "details"], rows)])
     for stage in stages:

@@ -40,6 +40,7 @@ class PipelineRunner:
         self.endpoint = endpoint
         self.stages: list[StageResult] = []
         self.result: dict[str, Any] = {}
+        self._started_at = datetime.now(timezone.utc)
         self.full_metrics: dict[str, Any] = {}
         self.champion_metrics: dict[str, float] | None = None
         self.dataset: Any = None
@@ -56,7 +57,9 @@ class PipelineRunner:
         # Loaded before anything runs: a missing set or a malformed label is a usage error
         # (raised, naming the file and line), not something to find after the slow stages.
         self.dataset = p.load_eval_data(version)
-        self.result = {
+        self._started_at = datetime.now(timezone.utc)
+        # Updated in place: the pipeline holds this dict (last_result) while the run goes on.
+        self.result.update({
             "status": "failed",
             "model_name": p.model_name,
             "model_version": version,
@@ -76,8 +79,8 @@ class PipelineRunner:
             "experiment_name": p.experiment_name,
             "run_id": None,
             "report": None,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+            "started_at": self._started_at.isoformat(timespec="seconds"),
+        })  # fmt: skip
         run = PipelineRun(
             p.registry.client,
             p.registry.experiment_id(p.experiment_name),
@@ -85,19 +88,19 @@ class PipelineRunner:
             tags={"cvdeploy.model": p.model_name, "cvdeploy.version": version},
         )
         self.result["run_id"] = run.run_id
-        run.log_params(
-            {
-                "model_name": p.model_name,
-                "model_version": version,
-                "champion_version": champion,
-                "endpoint": self.endpoint,
-                "task": card.task,
-                "thresholds": json.dumps(thresholds),
-                "max_regression": p.ci_cd.max_regression,
-                "rollout_steps": json.dumps(p.ci_cd.rollout_steps),
-            }
-        )
         try:
+            run.log_params(
+                {
+                    "model_name": p.model_name,
+                    "model_version": version,
+                    "champion_version": champion,
+                    "endpoint": self.endpoint,
+                    "task": card.task,
+                    "thresholds": json.dumps(thresholds),
+                    "max_regression": p.ci_cd.max_regression,
+                    "rollout_steps": json.dumps(p.ci_cd.rollout_steps),
+                }
+            )
             self.result["status"] = self._stages(version, card, champion, thresholds)
         except CVDeployError as exc:
             self.result["status"] = "failed"
@@ -192,6 +195,11 @@ class PipelineRunner:
                     champion=self.champion_metrics,
                     champion_version=champion,
                     max_regression=ci_cd.max_regression,
+                    no_champion=(
+                        f"the candidate v{version} is the champion: nothing to compare with"
+                        if champion == version
+                        else None
+                    ),
                 ),
             )
         self.result["gates"] = [c.to_dict() for c in stage.checks]
@@ -229,33 +237,45 @@ class PipelineRunner:
         stage.check("champion", None, detail)
 
     def _deploy(self, version: str) -> str:
-        from cvdeploy.pipeline.deploy import deploy
-
         p = self.p
         self.result["endpoint"] = self.endpoint
-        with p.stage("deploy") as stage:
-            report = deploy(p, version, self.endpoint)
-            self.result["rollout"] = report
-            for step in report.get("steps", []):
-                verdict = step.get("verdict")
-                stage.check(
-                    f"step:{step.get('percent')}%",
-                    None if verdict in ("final",) else verdict in ("passed", "idle_promoted"),
-                    step.get("detail", ""),
-                    step.get("error_rate"),
-                )
-            if report.get("resumed"):
-                stage.check("resumed", None, report["resumed"])
-            if report["status"] == "rolled_back":
-                stage.check("rollout", False, report.get("reason") or "rolled back")
-            stage.figures["failed_requests"] = float(report.get("failed_requests", 0))
-        self._keep(stage)
+        stage = StageResult("deploy")
+        try:
+            with p.stage("deploy") as stage:
+                try:
+                    report = self._deploy_steps(stage, version)
+                except CVDeployError as exc:
+                    stage.check("platform", False, f"{type(exc).__name__}: {exc}")
+                    raise
+        finally:
+            self._keep(stage)  # also when the platform failed mid-deploy
         if report["status"] != "deployed":
             return "rolled_back"
         p.registry.set_alias(p.model_name, "champion", version)
         self._clear_candidate_alias(version)
         p.emit("registry", "passed", f"champion -> v{version}")
         return "deployed"
+
+    def _deploy_steps(self, stage: StageResult, version: str) -> dict[str, Any]:
+        from cvdeploy.pipeline.deploy import deploy
+
+        p = self.p
+        report = deploy(p, version, self.endpoint)
+        self.result["rollout"] = report
+        for step in report.get("steps", []):
+            verdict = step.get("verdict")
+            stage.check(
+                f"step:{step.get('percent')}%",
+                None if verdict in ("final",) else verdict in ("passed", "idle_promoted"),
+                step.get("detail", ""),
+                step.get("error_rate"),
+            )
+        if report.get("resumed"):
+            stage.check("resumed", None, report["resumed"])
+        if report["status"] == "rolled_back":
+            stage.check("rollout", False, report.get("reason") or "rolled back")
+        stage.figures["failed_requests"] = float(report.get("failed_requests", 0))
+        return report
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -290,7 +310,7 @@ class PipelineRunner:
         folder = self._report_folder()
         try:
             self.result["report"] = str(folder)
-            write_report(self.result, self.full_metrics, folder)
+            written = write_report(self.result, self.full_metrics, folder)
             for stage in self.stages:
                 run.log_stage(stage)
             run.log_metrics(self.result["metrics"], "eval.")
@@ -305,14 +325,14 @@ class PipelineRunner:
                         "eval_data_sha256": self.result["eval_data"]["sha256"],
                     }
                 )
-            run.log_artifacts(folder)
+            run.log_files(written)
         finally:
             run.finish(self.result["status"])
 
     def _report_folder(self) -> Path:
         if self.p.report_dir is not None:
             return self.p.report_dir
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = self._started_at.strftime("%Y%m%dT%H%M%SZ")
         name = f"{self.p.model_name}-v{self.result['model_version']}-{stamp}"
         return self.p.registry.home / "pipeline" / name
 
@@ -326,3 +346,55 @@ def _adopt(stage: StageResult, produced: StageResult) -> None:
 
 def _verdict(passed: bool | None) -> str:
     return {True: "pass", False: "fail", None: "n/a"}[passed]
+
+
+def record_refusal(pipeline: DeploymentPipeline, path: Path, stage: StageResult) -> dict[str, Any]:
+    """The result, report and MLflow run of a model file refused before registration.
+
+    Like any run, it leaves a report a CI job can keep and a run in ``experiment_name``, so a
+    refusal is on record beside the runs that judged registered versions.
+    """
+    from cvdeploy.pipeline.report import write_report
+
+    started = datetime.now(timezone.utc)
+    result: dict[str, Any] = {
+        "status": "rejected",
+        "model_name": pipeline.model_name,
+        "model_version": None,
+        "model_file": str(path),
+        "task": None,
+        "champion_version": pipeline.champion_version(),
+        "endpoint": None,
+        "metrics": {},
+        "gates": [],
+        "stages": [stage.to_dict()],
+        "rollout": None,
+        "timings": {stage.name: round(stage.seconds, 3), "total": round(stage.seconds, 3)},
+        "reasons": stage.reasons,
+        "notes": [f"{path.name} was not registered"],
+        "eval_data": None,
+        "experiment_name": pipeline.experiment_name,
+        "run_id": None,
+        "report": None,
+        "started_at": started.isoformat(timespec="seconds"),
+    }
+    run = PipelineRun(
+        pipeline.registry.client,
+        pipeline.registry.experiment_id(pipeline.experiment_name),
+        run_name=f"{pipeline.model_name}-{path.name}",
+        tags={"cvdeploy.model": pipeline.model_name, "cvdeploy.model_file": str(path)},
+    )
+    result["run_id"] = run.run_id
+    folder = pipeline.report_dir or (
+        pipeline.registry.home
+        / "pipeline"
+        / f"{pipeline.model_name}-{path.stem}-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    )
+    result["report"] = str(folder)
+    try:
+        run.log_stage(stage)
+        run.log_files(write_report(result, {}, folder))
+    finally:
+        run.finish("rejected")
+    pipeline.last_result = result
+    return result

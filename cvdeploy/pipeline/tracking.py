@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +58,10 @@ class PipelineRun:
     def set_tag(self, key: str, value: str) -> None:
         self._client.set_tag(self.run_id, _key(key), value[:5000])
 
-    def log_artifacts(self, folder: Path, artifact_path: str = "report") -> None:
-        self._client.log_artifacts(self.run_id, str(folder), artifact_path)
+    def log_files(self, files: Sequence[Path], artifact_path: str = "report") -> None:
+        """Upload exactly ``files`` (never a whole folder a user may have pointed us at)."""
+        for file in files:
+            self._client.log_artifact(self.run_id, str(file), artifact_path)
 
     def finish(self, status: str) -> None:
         """Close the run; MLflow's FINISHED for a decision reached, FAILED for an error."""

@@ -63,6 +63,7 @@ __all__ = [
     "UnauthenticatedError",
     "WorkloadSize",
     "WorkloadType",
+    "check_endpoint_name",
     "entity_name_for",
 ]
 
@@ -89,6 +90,20 @@ def _problem(message: str) -> PydanticCustomError:
 class _Spec(BaseModel):
     # A misspelt key (``max_replica``) must fail loudly, not be dropped.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_endpoint_name(name: str) -> str:
+    """``name`` if Databricks (and so cvdeploy) accepts it as an endpoint name.
+
+    Raises:
+        ConfigError: it is not 1-63 letters, digits, ``-`` or ``_``.
+    """
+    if not isinstance(name, str) or not re.match(_NAME_PATTERN, name):
+        raise ConfigError(
+            f"endpoint name {name!r} is not valid: use 1 to 63 letters, digits, '-' or '_' "
+            "(e.g. cv_endpoint)"
+        )
+    return name
 
 
 def entity_name_for(model: str, version: str) -> str:

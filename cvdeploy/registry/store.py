@@ -6,6 +6,7 @@ and only the registry, the pipeline and the platform need it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -227,9 +228,21 @@ class Registry:
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, oldest first."""
-        self._registered(name)
+        model = self._registered(name)
         found = self.client.search_model_versions(f"name = '{name}'", max_results=10000)
-        return sorted((ModelVersion.from_mlflow(v) for v in found), key=lambda v: int(v.version))
+        versions = sorted(
+            (ModelVersion.from_mlflow(v) for v in found), key=lambda v: int(v.version)
+        )
+        # MLflow's version search leaves aliases out; the registered model has them all.
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (getattr(model, "aliases", None) or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+        return [
+            dataclasses.replace(v, aliases=sorted(by_version[v.version]))
+            if not v.aliases and v.version in by_version
+            else v
+            for v in versions
+        ]
 
     def get_version(self, name: str, version_or_alias: str | int = "latest") -> ModelVersion:
         """A version by number, alias, or ``latest``.

@@ -91,7 +91,8 @@ def _poll(what: str, check: Callable[[], Any]) -> Any:
     deadline = time.monotonic() + POLL_TIMEOUT_S
     last: Any = None
     while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
+        # ValueError: Prometheus answers with an empty body while it starts.
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
             last = check()
             if last:
                 return last

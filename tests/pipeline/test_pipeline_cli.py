@@ -18,6 +18,7 @@ from cvdeploy.demo import CLASSIFIER, demo_file, eval_set
 from cvdeploy.registry import Registry, RegistryNotFoundError
 
 runner = CliRunner()
+DIGITS_SET = str(eval_set("digits"))
 
 
 @pytest.fixture
@@ -29,8 +30,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _run(*args: str) -> tuple[int, str]:
+    """Exit code and output; with ``--json`` the output is stdout alone (the JSON)."""
     result = runner.invoke(app, ["pipeline", "run", *args])
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def _registered(home: Path) -> bool:
@@ -43,12 +45,16 @@ def _registered(home: Path) -> bool:
 
 def test_a_pickle_file_is_refused_before_it_reaches_the_registry(home, tmp_path):
     hostile = write_hostile_pickle(tmp_path / "model.pt")
-    code, output = _run("--model-file", str(hostile), "--json")
+    code, output = _run("--model-file", str(hostile), "--eval-data", DIGITS_SET, "--json")
     assert code == 3
     result = json.loads(output)
     assert result["status"] == "rejected"
     assert any("pickle" in r for r in result["reasons"])
     assert not _registered(home)
+    # The refusal is on record like any run: a report for CI and an MLflow run.
+    assert (Path(result["report"]) / "report.md").is_file()
+    run = Registry(home=home).client.get_run(result["run_id"])
+    assert run.data.tags["cvdeploy.status"] == "rejected"
 
 
 def test_an_onnx_whose_external_data_escapes_its_folder_is_refused(home, tmp_path):
@@ -56,7 +62,7 @@ def test_an_onnx_whose_external_data_escapes_its_folder_is_refused(home, tmp_pat
     folder.mkdir()
     outside = tmp_path / "secret.bin"
     model = make_external_weights_model(folder, "../secret.bin", write_data_to=outside)
-    code, output = _run("--model-file", str(model), "--json")
+    code, output = _run("--model-file", str(model), "--eval-data", DIGITS_SET, "--json")
     assert code == 3
     result = json.loads(output)
     assert any("external_data" in r or "outside" in r for r in result["reasons"]), result
@@ -97,3 +103,47 @@ def test_malformed_labels_name_the_file_and_line(home, tmp_path):
     code, output = _run("--model", "shapes", "--eval-data", str(data))
     assert code == 2
     assert f"{image.stem}.txt:2" in output.replace("\n", "")
+
+
+def test_a_bad_endpoint_name_is_a_usage_error_before_any_stage(home):
+    Registry(home=home).register(demo_file(CLASSIFIER), "cv_model", eval_data=eval_set("digits"))
+    code, output = _run("--endpoint", "bad name!")
+    assert code == 2
+    assert "endpoint name 'bad name!' is not valid" in output
+    assert "security" not in output
+
+
+def test_a_missing_model_file_is_a_usage_error(home, tmp_path):
+    code, output = _run("--model-file", str(tmp_path / "nothing.onnx"), "--eval-data", DIGITS_SET)
+    assert code == 2
+    assert "model file not found" in output
+
+
+def test_a_model_file_without_evaluation_data_is_not_registered(home):
+    code, output = _run("--model-file", str(demo_file(CLASSIFIER)))
+    assert code == 2
+    assert "no evaluation data for a new version" in output
+    assert not _registered(home)
+
+
+def test_a_threshold_above_one_is_refused_for_every_metric(home):
+    Registry(home=home).register(demo_file(CLASSIFIER), "cv_model", eval_data=eval_set("digits"))
+    code, output = _run("--threshold", "f1_weighted=90")
+    assert code == 2
+    assert "fraction" in output
+
+
+def test_the_same_file_submitted_twice_is_registered_once(home):
+    from cvdeploy import DeploymentPipeline
+
+    pipeline = DeploymentPipeline(
+        None, None, "cv_model", "submit-test", eval_data=eval_set("digits")
+    )
+    first, _ = pipeline.submit(demo_file(CLASSIFIER))
+    second, stage = pipeline.submit(demo_file(CLASSIFIER))
+    assert first == second == "1"
+    assert stage.passed
+    registry = Registry(home=home)
+    assert [v.version for v in registry.versions("cv_model")] == ["1"]
+    assert registry.get_version("cv_model", "candidate").version == "1"
+    assert registry.versions("cv_model")[0].aliases == ["candidate"]
