@@ -768,7 +768,10 @@ def test_out_of_range_conf_is_400_on_every_protocol(detector, client):
 
 
 def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(queue_of_one):
-    images = [encode(solid((i * 20, 40, 60), size=(32, 32))) for i in range(12)]
+    # Enough work that the queue outlives the 0.05 s deadline even on a fast, idle machine
+    # (the slow model takes ~7 ms per batch of two there).
+    count = 40
+    images = [encode(solid((i * 6, 40, 60), size=(32, 32))) for i in range(count)]
 
     def post(i: int) -> httpx.Response:
         return httpx.post(
@@ -795,7 +798,10 @@ def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(queue_of_one):
 
 def test_passed_deadline_is_504_and_the_server_keeps_serving(short_deadline):
     engine = short_deadline._server.engine  # type: ignore[union-attr]
-    images = [encode(solid((i * 20, 40, 60), size=(32, 32))) for i in range(12)]
+    # Enough work that the queue outlives the 0.05 s deadline even on a fast, idle machine
+    # (the slow model takes ~7 ms per batch of two there).
+    count = 40
+    images = [encode(solid((i * 6, 40, 60), size=(32, 32))) for i in range(count)]
 
     def post(i: int) -> httpx.Response:
         return httpx.post(
@@ -805,7 +811,7 @@ def test_passed_deadline_is_504_and_the_server_keeps_serving(short_deadline):
             timeout=30,
         )
 
-    responses = concurrently(12, post)
+    responses = concurrently(count, post)
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) <= {200, 504}, statuses
     assert 504 in statuses, statuses

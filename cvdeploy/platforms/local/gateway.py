@@ -205,6 +205,21 @@ class Gateway:
                     runtime.name, replica.index, entity.name, exc,
                 )  # fmt: skip
                 continue
+            current = platform.runtime(runtime.name)
+            if (
+                upstream.status == 503
+                and attempt == 1
+                and not pinned
+                and current is not None
+                and current is not runtime
+            ):
+                # The config switched while this request was in flight and the old replica,
+                # draining, turned it away: the new runtime takes it (inference is idempotent),
+                # so a switch under load fails no request.
+                platform.metrics.retries.labels(runtime.name).inc()
+                runtime = current
+                entity = runtime.entities[runtime.router.pick() or next(iter(runtime.entities))]
+                continue
             self._record(runtime, entity, upstream.status, started)
             upstream.headers["served-model-name"] = entity.name
             return Response(upstream.content, status_code=upstream.status, headers=upstream.headers)
