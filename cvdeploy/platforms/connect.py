@@ -11,7 +11,8 @@ None / ``"auto"``    decided by the URL: none -> the embedded local platform; a
 ``"databricks"``     Databricks Model Serving through ``databricks-sdk`` (extra
                      ``databricks``); explicit, it also takes a plain
                      ``http://127.0.0.1:PORT``, which is how tests aim it at a fake
-``"ray"``            Ray Serve (not in this build yet: a clear error)
+``"ray"``            Ray Serve (extra ``ray``): ``ray://host:10001``, or none for a local
+                     cluster
 ===================  =============================================================
 
 ``$CVDEPLOY_PLATFORM`` sets the default of ``platform`` (so a script written for one platform
@@ -108,10 +109,9 @@ def connect(
             ) from None
         return DatabricksPlatform(url, token, timeout=timeout)
     if kind == "ray":
-        raise NotAvailableError(
-            "the Ray Serve backend is not in this build yet; leave workspace_url out to use the "
-            "local platform, or give the URL of a running `cvdeploy up`"
-        )
+        from cvdeploy.platforms.ray import RayPlatform
+
+        return RayPlatform(url or None, token, timeout=timeout)
     from cvdeploy.platforms.client import PlatformClient
 
     return PlatformClient(local_url(url), token, timeout=timeout)

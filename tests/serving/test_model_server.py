@@ -19,7 +19,6 @@ from cvdeploy import (
     InputError,
     ModelLoadError,
     ModelServer,
-    NotAvailableError,
 )
 
 
@@ -141,9 +140,7 @@ def test_the_workspace_url_or_platform_picks_where_endpoints_run():
     assert platform(workspace_url="http://127.0.0.1:9", platform="databricks") == "databricks"
     with pytest.raises(ConfigError, match="unknown platform 'k8s'"):
         platform(platform="k8s")
-    server = ModelServer(workspace_url="ray://head:10001", model_name="cv_model")
-    with pytest.raises(NotAvailableError, match="Ray Serve backend is not in this build"):
-        server.create_endpoint("cv_endpoint")
+    assert platform(workspace_url="ray://head:10001") == "ray"
 
 
 def test_missing_model_file_is_named(tmp_path):
