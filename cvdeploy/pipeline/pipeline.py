@@ -151,6 +151,7 @@ class DeploymentPipeline:
         )
         endpoint = endpoint_name or ci_cd.endpoint_name or f"{self.model_name}-endpoint"
         check_endpoint_name(endpoint)
+        self._check_rollout_resolution()
         runner = PipelineRunner(self, thresholds, from_defaults, endpoint)
         self.last_result = runner.result
         return runner.run()
@@ -348,6 +349,18 @@ class DeploymentPipeline:
         logger.info("%s: %s %s", stage, status, detail)
         if self._on_event is not None:
             self._on_event(stage, status, detail)
+
+    def _check_rollout_resolution(self) -> None:
+        """Databricks reports endpoint figures per minute: a shorter rollout window would judge
+        each step on the previous minute's traffic, so it is refused before anything runs."""
+        from cvdeploy.platforms.connect import resolve_platform
+
+        window = self.ci_cd.rollout.window_s
+        if resolve_platform(self.workspace_url, self.platform) == "databricks" and window < 60:
+            raise ConfigError(
+                f"ci_cd.rollout.window_s is {window:g} s, but Databricks reports endpoint "
+                "figures per minute; set it to at least 60 for a rollout on Databricks"
+            )
 
     @contextmanager
     def stage(self, name: str) -> Iterator[StageResult]:

@@ -147,3 +147,23 @@ def test_the_same_file_submitted_twice_is_registered_once(home):
     assert [v.version for v in registry.versions("cv_model")] == ["1"]
     assert registry.get_version("cv_model", "candidate").version == "1"
     assert registry.versions("cv_model")[0].aliases == ["candidate"]
+
+
+def test_a_rollout_window_under_a_minute_is_refused_on_databricks(home, tmp_path):
+    from cvdeploy import Config, DeploymentPipeline
+    from cvdeploy.errors import ConfigError
+
+    config = Config(
+        deployment__ci_cd__rollout__window_s=10, deployment__ci_cd__rollout__step_timeout_s=30
+    )
+    pipeline = DeploymentPipeline(
+        "http://127.0.0.1:9",
+        "dapi-test",
+        "cv_model",
+        "window-test",
+        config=config,
+        platform="databricks",
+        registry_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    )
+    with pytest.raises(ConfigError, match="Databricks reports endpoint figures per minute"):
+        pipeline.run_pipeline({"accuracy": 0.9})
