@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -65,6 +65,7 @@ __all__ = [
     "WorkloadType",
     "check_endpoint_name",
     "entity_name_for",
+    "poll_until_ready",
 ]
 
 WorkloadSize = Literal["Small", "Medium", "Large"]
@@ -90,6 +91,48 @@ def _problem(message: str) -> PydanticCustomError:
 class _Spec(BaseModel):
     # A misspelt key (``max_replica``) must fail loudly, not be dropped.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def poll_until_ready(
+    name: str,
+    fetch: Callable[[], tuple[EndpointInfo, Any]],
+    *,
+    timeout: float,
+    poll_s: float,
+    on_poll: Callable[[EndpointInfo], None] | None,
+    failure: Callable[[Any], str],
+    where: str = "",
+    hint: str,
+) -> EndpointInfo:
+    """The one wait every :class:`Platform` does: poll ``fetch()`` (the endpoint and the
+    platform's raw answer) until the config update is over and the endpoint is ready.
+
+    Raises:
+        ModelLoadError: UPDATE_FAILED; the message is ``failure(raw answer)``.
+        DeadlineExceededError: not ready after ``timeout`` seconds; the message ends with
+            ``hint`` (where to look next on this platform).
+    """
+    import time
+
+    from cvdeploy.errors import DeadlineExceededError, ModelLoadError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        info, raw = fetch()
+        if on_poll is not None:
+            on_poll(info)
+        state = info.state
+        if state.config_update == "UPDATE_FAILED":
+            raise ModelLoadError(failure(raw))
+        if state.config_update == "NOT_UPDATING" and state.ready == "READY":
+            return info
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceededError(
+                f"endpoint '{name}'{where} is not ready after {timeout:g} s (config_update "
+                f"{state.config_update}, ready {state.ready}); {hint}"
+            )
+        time.sleep(min(poll_s, remaining))
 
 
 def check_endpoint_name(name: str) -> str:

@@ -12,7 +12,6 @@ the server's message, so callers catch the same classes in-process and over HTTP
 from __future__ import annotations
 
 import ssl
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -25,7 +24,6 @@ from cvdeploy.errors import (
     ConfigError,
     CVDeployError,
     DeadlineExceededError,
-    ModelLoadError,
     ModelNotFoundError,
     NotAvailableError,
     OverloadedError,
@@ -43,6 +41,7 @@ from cvdeploy.platforms.base import (
     EndpointNotFoundError,
     EndpointSpec,
     Platform,
+    poll_until_ready,
 )
 
 __all__ = ["PlatformClient", "error_from_response"]
@@ -203,25 +202,21 @@ class PlatformClient(Platform):
             ModelLoadError: The update failed (the previous config, if any, keeps serving).
             DeadlineExceededError: Still updating or not ready after ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def fetch() -> tuple[EndpointInfo, dict[str, Any]]:
             data = self._call("GET", _path(name))
-            info = self._endpoint(data)
-            if on_poll is not None:
-                on_poll(info)
-            state = info.state
-            if state.config_update == "UPDATE_FAILED":
-                raise ModelLoadError(_failure_message(name, data))
-            if state.config_update == "NOT_UPDATING" and state.ready == "READY":
-                return info
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceededError(
-                    f"endpoint '{name}' is not ready after {timeout:g} s (config_update "
-                    f"{state.config_update}, ready {state.ready}); wait longer with a larger "
-                    "timeout, or see `cvdeploy endpoints logs` for why its replicas do not start"
-                )
-            time.sleep(min(poll_s, remaining))
+            return self._endpoint(data), data
+
+        return poll_until_ready(
+            name,
+            fetch,
+            timeout=timeout,
+            poll_s=poll_s,
+            on_poll=on_poll,
+            failure=lambda data: _failure_message(name, data),
+            hint="wait longer with a larger timeout, or see `cvdeploy endpoints logs` for why "
+            "its replicas do not start",
+        )
 
     # Plumbing
 

@@ -21,9 +21,7 @@ from cvdeploy._version import __version__
 from cvdeploy.errors import (
     ConfigError,
     CVDeployError,
-    DeadlineExceededError,
     InputError,
-    ModelLoadError,
 )
 from cvdeploy.platforms.base import (
     EndpointCoreConfig,
@@ -31,6 +29,7 @@ from cvdeploy.platforms.base import (
     EndpointNotFoundError,
     EndpointSpec,
     Platform,
+    poll_until_ready,
 )
 from cvdeploy.platforms.databricks.errors import databricks_errors
 from cvdeploy.platforms.databricks.mapping import (
@@ -254,26 +253,21 @@ class DatabricksPlatform(Platform):
                 entities' state and the tail of their build logs. The old config keeps serving.
             DeadlineExceededError: still updating after ``timeout`` seconds.
         """
-        interval = max(poll_s, self.min_poll_s)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def fetch() -> tuple[EndpointInfo, dict[str, Any]]:
             data = self._detailed(name)
-            info = info_from_databricks(data)
-            if on_poll is not None:
-                on_poll(info)
-            state = info.state
-            if state.config_update == "UPDATE_FAILED":
-                raise ModelLoadError(failure_message(name, data, self._sent.get(name), self))
-            if state.config_update == "NOT_UPDATING" and state.ready == "READY":
-                return info
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceededError(
-                    f"endpoint '{name}' on Databricks is not ready after {timeout:g} s "
-                    f"(config_update {state.config_update}, ready {state.ready}); wait longer, "
-                    "or read its build logs (DatabricksPlatform.build_logs)"
-                )
-            time.sleep(min(interval, remaining))
+            return info_from_databricks(data), data
+
+        return poll_until_ready(
+            name,
+            fetch,
+            timeout=timeout,
+            poll_s=max(poll_s, self.min_poll_s),
+            on_poll=on_poll,
+            failure=lambda data: failure_message(name, data, self._sent.get(name), self),
+            where=" on Databricks",
+            hint="wait longer, or read its build logs (DatabricksPlatform.build_logs)",
+        )
 
     # -- observing ----------------------------------------------------------------------------
 

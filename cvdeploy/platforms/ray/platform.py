@@ -23,8 +23,6 @@ import httpx
 
 from cvdeploy.errors import (
     ConflictError,
-    DeadlineExceededError,
-    ModelLoadError,
     NotAvailableError,
     OverloadedError,
 )
@@ -39,6 +37,7 @@ from cvdeploy.platforms.base import (
     EndpointState,
     Platform,
     check_endpoint_name,
+    poll_until_ready,
 )
 from cvdeploy.platforms.ray.spec import ROUTER_NAME, route_prefix
 
@@ -272,26 +271,18 @@ class RayPlatform(Platform):
         poll_s: float = 0.25,
         on_poll: Callable[[EndpointInfo], None] | None = None,
     ) -> EndpointInfo:
-        deadline = time.monotonic() + timeout
-        while True:
-            info = self.get_endpoint(name)
-            if on_poll is not None:
-                on_poll(info)
-            state = info.state
-            if state.config_update == "UPDATE_FAILED":
-                raise ModelLoadError(
-                    f"endpoint '{name}' failed to deploy on Ray Serve: {self._failure(name)}"
-                )
-            if state.config_update == "NOT_UPDATING" and state.ready == "READY":
-                return info
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceededError(
-                    f"endpoint '{name}' is not ready after {timeout:g} s on Ray Serve "
-                    f"(config_update {state.config_update}, ready {state.ready}); wait longer, "
-                    "or see `serve status` for why its replicas do not start"
-                )
-            time.sleep(min(poll_s, remaining))
+        return poll_until_ready(
+            name,
+            lambda: (self.get_endpoint(name), None),
+            timeout=timeout,
+            poll_s=poll_s,
+            on_poll=on_poll,
+            failure=lambda _: (
+                f"endpoint '{name}' failed to deploy on Ray Serve: {self._failure(name)}"
+            ),
+            where=" on Ray Serve",
+            hint="wait longer, or see `serve status` for why its replicas do not start",
+        )
 
     # -- figures and queries ------------------------------------------------------------------
 
